@@ -1,0 +1,270 @@
+"""The shared command line of every ``train_X/main.py`` and the glue from flags to a run.
+
+Each entry script adds its method's flags and paper defaults, then calls :func:`main`. The
+original scripts' flag names (``--data``, ``--dataset``, ``-b``, ``--num_workers``, ``--epochs``,
+``--lr``, ``--resume``, ``--dim``, ``--temperature``, ``--margin``, ``--model``, ``--imgEXT``) keep
+working.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from dmlrs.data import build_data, get_spec
+from dmlrs.engine import run_folder
+from dmlrs.engine.checkpoint import load_checkpoint
+from dmlrs.engine.config import SELECT_METRICS, TrainConfig
+from dmlrs.engine.seeding import seed_everything, set_deterministic
+from dmlrs.engine.trainer import Trainer
+from dmlrs.errors import DmlrsError
+from dmlrs.methods.base import Method
+from dmlrs.metrics import format_table
+from dmlrs.models import BACKBONES, build_model
+
+BuildMethod = Callable[[argparse.Namespace, object], Method]
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def fraction(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
+    return value
+
+
+def base_parser() -> argparse.ArgumentParser:
+    """Flags shared by every method (a parent parser, DINO style)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset", default="demo",
+                      help="demo (built-in synthetic scenes), UCMD, AID, NWPU-RESISC45, PatternNet (or an "
+                           "alias such as ucmerced, NWPU45) or a path to any class-per-folder directory")
+    data.add_argument("--data", default=None, metavar="DIR",
+                      help="folder that holds the dataset (or is the dataset folder)")
+    data.add_argument("--split-file", default=None, metavar="SPLIT_JSON",
+                      help="reuse the split of an earlier run (its split.json)")
+    data.add_argument("--seed", type=int, default=42, help="seed of the split, the noise and training")
+    data.add_argument("--img-size", type=positive_int, default=None,
+                      help="images are resized to SIZE x SIZE (default 256, 64 for demo)")
+    data.add_argument("--skip-corrupt", action="store_true", help="skip unreadable images instead of stopping")
+    data.add_argument("--imgEXT", default=None, help=argparse.SUPPRESS)  # old flag: extensions are detected
+    model = parser.add_argument_group("model")
+    model.add_argument("--model", default="resnet18", choices=sorted(BACKBONES), help="backbone")
+    model.add_argument("--weights", default=None, metavar="imagenet|none|PATH",
+                       help="backbone initialisation (default: imagenet, none for --dataset demo)")
+    model.add_argument("--dim", type=positive_int, default=128, help="embedding size (code bits for CDNE)")
+    loss = parser.add_argument_group("loss")
+    loss.add_argument("--temperature", type=positive_float, default=0.05, help="softmax temperature T")
+    loss.add_argument("--margin", type=non_negative_float, default=0.0, help="loss margin")
+    optim = parser.add_argument_group("optimisation (paper defaults)")
+    optim.add_argument("-b", "--batch-size", "--batch_size", dest="batch_size", type=positive_int, default=256)
+    optim.add_argument("--epochs", type=positive_int, default=130)
+    optim.add_argument("--lr", type=positive_float, default=0.1)
+    optim.add_argument("--momentum", type=non_negative_float, default=0.9, help="SGD momentum")
+    optim.add_argument("--weight-decay", "--wd", dest="weight_decay", type=non_negative_float, default=1e-4)
+    optim.add_argument("--lr-step", type=positive_int, default=30, help="StepLR step size (epochs)")
+    optim.add_argument("--lr-gamma", type=positive_float, default=0.5, help="StepLR factor")
+    optim.add_argument("--no-nesterov", dest="nesterov", action="store_false")
+    run = parser.add_argument_group("run")
+    run.add_argument("--out", default="runs", help="runs go to OUT/<method>/<dataset>/<timestamp>/")
+    run.add_argument("--resume", default=None, metavar="CKPT|auto",
+                     help="continue from a checkpoint, or 'auto': the latest run with the same settings")
+    run.add_argument("--evaluate", default=None, metavar="CKPT", help="only write the test report of CKPT")
+    run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    run.add_argument("--amp", action="store_true", help="mixed precision (bf16/fp16 autocast; losses in fp32)")
+    run.add_argument("--channels-last", action="store_true")
+    run.add_argument("--deterministic", action="store_true", help="deterministic algorithms only")
+    run.add_argument("-j", "--num_workers", "--num-workers", dest="num_workers", type=int, default=4)
+    run.add_argument("--eval-every", type=positive_int, default=1, help="validate every N epochs")
+    run.add_argument("--select-metric", default="knn_acc", choices=SELECT_METRICS,
+                     help="validation metric that picks best.pt (papers: kNN accuracy)")
+    run.add_argument("--steps-per-epoch", type=positive_int, default=None,
+                     help="cap the optimizer steps per epoch (quick checks)")
+    run.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    run.add_argument("--no-tensorboard", dest="tensorboard", action="store_false")
+    return parser
+
+
+def make_parser(description: str | None, add_arguments: Callable[[argparse.ArgumentParser], None] | None,
+                defaults: dict | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description, parents=[base_parser()],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    if add_arguments is not None:
+        add_arguments(parser.add_argument_group("method"))
+    if defaults:
+        parser.set_defaults(**defaults)
+    return parser
+
+
+def resolved_weights(args: argparse.Namespace) -> str:
+    if args.weights is not None:
+        return args.weights
+    return "none" if str(args.dataset).lower() == "demo" else "imagenet"
+
+
+def model_from_args(args: argparse.Namespace, *, num_classes: int | None = None, head: str = "embedding"):
+    return build_model(args.model, args.dim, weights=resolved_weights(args), num_classes=num_classes,
+                       head=head, channels_last=args.channels_last)
+
+
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
+                       nesterov=args.nesterov, weight_decay=args.weight_decay, lr_step=args.lr_step,
+                       lr_gamma=args.lr_gamma, device=args.device, amp=args.amp,
+                       channels_last=args.channels_last, seed=args.seed, deterministic=args.deterministic,
+                       num_workers=args.num_workers, eval_every=args.eval_every,
+                       select_metric=args.select_metric, steps_per_epoch=args.steps_per_epoch,
+                       progress=args.progress)
+
+
+def dataset_label(dataset: str) -> str:
+    """Folder name of the dataset inside the run tree (canonical name for known datasets)."""
+    spec = get_spec(dataset)
+    if spec is not None:
+        return spec.name
+    return "demo" if dataset.lower() == "demo" else Path(dataset).name
+
+
+def main(method_name: str, description: str | None, add_arguments, build_method: BuildMethod,
+         defaults: dict | None = None, argv: list[str] | None = None) -> int:
+    """Parse flags and run; user errors end as one ``error:`` line and exit status 2."""
+    parser = make_parser(description, add_arguments, defaults)
+    args = parser.parse_args(argv)
+    try:
+        saved = _saved_run_settings(args)
+        if saved:  # --evaluate/--resume CKPT: the run's own settings, overridden by flags given now
+            parser.set_defaults(**saved)
+            args = parser.parse_args(argv)
+        return run(method_name, args, build_method)
+    except DmlrsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _saved_run_settings(args: argparse.Namespace) -> dict:
+    checkpoint = args.evaluate or (args.resume if args.resume not in (None, "auto") else None)
+    if checkpoint is None:
+        return {}
+    config = Path(checkpoint).resolve().parent.parent / "config.json"
+    if not config.is_file():
+        return {}
+    saved = json.loads(config.read_text()).get("args", {})
+    return {k: v for k, v in saved.items() if k not in ("resume", "evaluate", "out")}
+
+
+def run(method_name: str, args: argparse.Namespace, build_method: BuildMethod) -> int:
+    settings = {**vars(args), "method": method_name}
+    label = dataset_label(args.dataset)
+    run_dir, checkpoint = _resume_target(args, method_name, label, settings)
+    split_file = args.split_file
+    if split_file is None and checkpoint is not None and (checkpoint.parent.parent / "split.json").is_file():
+        split_file = checkpoint.parent.parent / "split.json"
+    data = build_data(args.dataset, args.data, img_size=args.img_size, split_file=split_file, seed=args.seed,
+                      train_per=getattr(args, "train_per", None),
+                      transductive=getattr(args, "transductive", False),
+                      noise_type=getattr(args, "noiseType", None), noise_rate=getattr(args, "noiseRate", 0.0),
+                      skip_corrupt=args.skip_corrupt)
+    print(data.summary(), flush=True)
+    seed_everything(args.seed)
+    set_deterministic(args.deterministic)
+    method = build_method(args, data)
+    if run_dir is None:
+        run_dir = run_folder.create_run_dir(args.out, method_name, label)
+    config_path = run_dir / "config.json"
+    if not config_path.is_file():
+        run_folder.write_json(config_path, {"method": method_name, "args": vars(args),
+                                            "fingerprint": run_folder.fingerprint(settings),
+                                            "environment": run_folder.environment_info()})
+        run_folder.write_json(run_dir / "split.json", data.manifest)
+    trainer = Trainer(method, data, train_config(args), run_dir, tensorboard=args.tensorboard)
+    print(f"run folder: {run_dir}", flush=True)
+    if args.evaluate:
+        trainer.method.load_state_dict(_checked(load_checkpoint(checkpoint), data, checkpoint)["method"])
+        return _write_report(trainer, run_dir, source=str(checkpoint))
+    if checkpoint is not None:
+        trainer.load_state_dict(load_checkpoint(checkpoint), source=str(checkpoint))
+        print(f"resumed from {checkpoint} after epoch {trainer.epoch}", flush=True)
+    if not trainer.fit():
+        return 130
+    trainer.load_best()
+    return _write_report(trainer, run_dir, source=f"best.pt (epoch {trainer.best_epoch})")
+
+
+def _resume_target(args, method_name: str, label: str, settings: dict) -> tuple[Path | None, Path | None]:
+    """``(run folder to continue or None, checkpoint to load or None)``."""
+    if args.evaluate:
+        checkpoint = Path(args.evaluate)
+        if not checkpoint.is_file():
+            raise DmlrsError(f"--evaluate: checkpoint not found: {checkpoint}")
+        return None, checkpoint
+    if args.resume == "auto":
+        run_dir = run_folder.find_resumable_run(args.out, method_name, label, settings)
+        if run_dir is None:
+            print("--resume auto: no earlier run with these settings, starting a new one", flush=True)
+            return None, None
+        return run_dir, run_dir / "checkpoints" / "last.pt"
+    if args.resume:
+        checkpoint = Path(args.resume)
+        if not checkpoint.is_file():
+            raise DmlrsError(f"--resume: checkpoint not found: {checkpoint}")
+        run_dir = checkpoint.resolve().parent.parent
+        return (run_dir if (run_dir / "config.json").is_file() else None), checkpoint
+    return None, None
+
+
+def _checked(state: dict, data, checkpoint: Path) -> dict:
+    if state.get("manifest_hash") != data.manifest_hash:
+        raise DmlrsError(f"{checkpoint} was trained on another split; pass the run's split.json with --split-file")
+    return state
+
+
+def _write_report(trainer: Trainer, run_dir: Path, *, source: str) -> int:
+    report = trainer.evaluator.test_report()
+    run_folder.write_json(run_dir / "test_metrics.json", report)
+    print(f"\nTest split report ({source}):")
+    print(format_report(report))
+    print(f"saved to {run_dir / 'test_metrics.json'}")
+    return 0
+
+
+def format_report(report: dict) -> str:
+    """The test report as tables in percent (papers' style), one per metric group."""
+    scalars = {k: v for k, v in report.items() if not isinstance(v, dict)}
+    blocks = [format_table(scalars, title="classification")]
+    titles = {"retrieval": "retrieval: test queries vs train gallery",
+              "retrieval_leave_one_out": "retrieval: leave-one-out within test",
+              "hamming": "Hamming retrieval (sign codes): test vs train",
+              "AP_per_class": "AP per class (test vs train)"}
+    for key, title in titles.items():
+        if key in report:
+            blocks.append(format_table(report[key], title=title))
+    return "\n\n".join(blocks)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit("run one of the train_*/main.py scripts")

@@ -1,0 +1,111 @@
+"""Checkpoints that survive crashes and load without unpickling code.
+
+A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so it loads with
+``torch.load(..., weights_only=True)``. It is written atomically: to a temporary file in the
+same folder, flushed and fsync'ed, then renamed over the target. A crash or kill at any moment
+leaves either the previous file or the new one, never a truncated mix.
+
+Contents written by the trainer (see ``Trainer.state_dict``): ``format``, ``epoch`` (epochs
+completed), ``step_in_epoch``, ``method`` (model, EMA, memory, loss parameters), ``model`` (the
+embedding model alone, so ``--weights PATH`` can load it), ``optimizer``, ``scheduler``,
+``scaler``, ``rng``, ``best_score``, ``best_epoch``, ``manifest_hash``, ``config``.
+"""
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dmlrs.errors import DmlrsError
+
+FORMAT_VERSION = 1
+
+
+def save_checkpoint(state: dict, path: str | Path) -> None:
+    """Write ``state`` to ``path`` atomically (temp file + fsync + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(state, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    _fsync_directory(path.parent)
+
+
+def _fsync_directory(folder: Path) -> None:
+    """Make the rename itself durable (a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Load a dmlrs checkpoint on the CPU with ``weights_only=True``."""
+    path = Path(path)
+    if not path.is_file():
+        raise DmlrsError(f"checkpoint not found: {path} (check the path given to --resume/--evaluate)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for corrupt or foreign files
+        raise DmlrsError(f"cannot read checkpoint {path}: {exc.__class__.__name__}: {exc}. "
+                         "It is not a dmlrs checkpoint or it is damaged.") from exc
+    if not isinstance(state, dict) or "method" not in state or "epoch" not in state:
+        raise DmlrsError(f"{path} is not a dmlrs training checkpoint (no 'method'/'epoch' entries); "
+                         "to start from plain model weights use --weights PATH instead.")
+    return state
+
+
+def capture_rng_state() -> dict:
+    """The state of every random number generator the training loop touches, as plain data."""
+    np_state = np.random.get_state()
+    state = {
+        "python": _to_plain(random.getstate()),
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)),
+                  "pos": int(np_state[2]), "has_gauss": int(np_state[3]),
+                  "cached_gaussian": float(np_state[4])},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict) -> None:
+    """Inverse of :func:`capture_rng_state`."""
+    random.setstate(_to_tuple(state["python"]))
+    np_state = state["numpy"]
+    np.random.set_state(("MT19937", np_state["keys"].numpy().astype(np.uint32), np_state["pos"],
+                         np_state["has_gauss"], np_state["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _to_plain(value):
+    """Tuples -> lists, recursively (weights_only loading keeps lists)."""
+    if isinstance(value, (tuple, list)):
+        return [_to_plain(v) for v in value]
+    return value
+
+
+def _to_tuple(value):
+    if isinstance(value, list):
+        return tuple(_to_tuple(v) for v in value)
+    return value

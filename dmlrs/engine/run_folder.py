@@ -1,0 +1,91 @@
+"""The run folder contract: ``<out>/<method>/<dataset>/<timestamp>/``.
+
+It holds ``config.json`` (every resolved argument, versions, git commit, a fingerprint of the
+settings that define the run), ``split.json``, ``metrics.jsonl``, ``test_metrics.json``,
+``checkpoints/{last,best}.pt`` and ``tb/``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+#: Settings that do not change what a run computes (excluded from the fingerprint).
+RUNTIME_ONLY = ("resume", "evaluate", "out", "num_workers", "progress", "device", "epochs", "eval_every")
+
+
+def safe_name(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name) or "dataset"
+
+
+def create_run_dir(out: str | Path, method: str, dataset: str) -> Path:
+    base = Path(out) / safe_name(method) / safe_name(dataset)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for suffix in [""] + [f"-{i}" for i in range(1, 1000)]:
+        run_dir = base / f"{stamp}{suffix}"
+        try:
+            run_dir.mkdir(parents=True, exist_ok=False)
+            return run_dir
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"could not create a run folder under {base}")
+
+
+def fingerprint(settings: dict) -> str:
+    kept = {k: v for k, v in sorted(settings.items()) if k not in RUNTIME_ONLY}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def find_resumable_run(out: str | Path, method: str, dataset: str, settings: dict) -> Path | None:
+    """The newest run of the same method, dataset and fingerprint that has ``checkpoints/last.pt``."""
+    base = Path(out) / safe_name(method) / safe_name(dataset)
+    wanted = fingerprint(settings)
+    for run_dir in sorted(base.glob("*"), reverse=True):
+        config = run_dir / "config.json"
+        if (run_dir / "checkpoints" / "last.pt").is_file() and config.is_file():
+            try:
+                if json.loads(config.read_text()).get("fingerprint") == wanted:
+                    return run_dir
+            except (OSError, json.JSONDecodeError):
+                continue
+    return None
+
+
+def write_json(path: str | Path, payload) -> None:
+    """Atomic JSON write (sorted keys, so identical results give identical files)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(payload, handle, indent=2, sort_keys=True)
+        handle.write("\n")
+    os.replace(tmp, path)
+
+
+def environment_info() -> dict:
+    import torch
+    import torchvision
+
+    import dmlrs
+
+    return {
+        "dmlrs": dmlrs.__version__,
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "platform": platform.platform(),
+        "git_commit": _git_commit(),
+    }
+
+
+def _git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+                              capture_output=True, text=True, timeout=5, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
