@@ -1,0 +1,61 @@
+"""What every method module provides to the engine.
+
+A method is an ``nn.Module`` that owns its model, its loss parameters (class prototypes), its
+memory bank and EMA encoder. The engine only calls the hooks below; it knows nothing
+method-specific. Everything that must survive a checkpoint lives in ``state_dict()``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+
+@dataclass
+class EpochContext:
+    """What an epoch hook may use: the epoch number and a way to embed a dataset.
+
+    ``extract(dataset)`` returns ``(embeddings, labels, indices)`` computed with the model in eval
+    mode on un-augmented images (the engine's own extraction, so hooks never write a loop).
+    """
+
+    epoch: int
+    extract: Callable[[torch.utils.data.Dataset], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+
+
+class Method(nn.Module):
+    """Base class: override ``training_step`` and ``embed``; the rest are optional hooks."""
+
+    name: str = "method"
+    #: True for hashing methods: the test report adds Hamming-space retrieval on ``codes``.
+    hashing: bool = False
+
+    def training_step(self, batch: dict) -> dict[str, torch.Tensor | float]:
+        """Losses of one batch. ``"loss"`` is the total that is back-propagated; the other entries
+        are loss parts for logging (floats or detached scalar tensors)."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def after_optimizer_step(self) -> None:
+        """Updates that follow ``optimizer.step()`` (memory bank, EMA). Default: none."""
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """Unit-norm embeddings used for retrieval and kNN."""
+        raise NotImplementedError
+
+    def codes(self, images: torch.Tensor) -> torch.Tensor:
+        """Real-valued codes that the Hamming metrics binarise (hashing methods only)."""
+        raise NotImplementedError(f"{self.name} is not a hashing method")
+
+    def on_epoch_start(self, context: EpochContext) -> None:
+        """Epoch hook (momentum schedules, sample re-weighting). Default: none."""
+
+    def scalars(self) -> dict[str, float]:
+        """Method state worth logging each epoch (memory momentum, kept fraction...)."""
+        return {}
+
+    def batch_sampler(self, labels: torch.Tensor, batch_size: int, seed: int):
+        """A batch sampler for the training split, or None for plain shuffled batches."""
+        return None
