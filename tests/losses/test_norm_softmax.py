@@ -162,10 +162,12 @@ def test_one_sample_and_one_class():
         loss = NormSoftmaxLoss(1, 3, margin=margin).double()
         value = loss(emb, labels)
         assert value.item() == pytest.approx(0.0, abs=1e-12)  # softmax over one class is 1
-        assert value.item() == pytest.approx(reference_loss(emb, loss.prototypes, labels, 0.05, margin).item(), abs=1e-12)
+        expected = reference_loss(emb, loss.prototypes, labels, 0.05, margin)
+        assert value.item() == pytest.approx(expected.item(), abs=1e-12)
     emb, labels = make_problem(batch=1, num_classes=4, dim=5, seed=6)
     loss = NormSoftmaxLoss(4, 5, margin=0.5).double()
-    assert loss(emb, labels).item() == pytest.approx(reference_loss(emb, loss.prototypes, labels, 0.05, 0.5).item(), rel=1e-10)
+    expected = reference_loss(emb, loss.prototypes, labels, 0.05, 0.5)
+    assert loss(emb, labels).item() == pytest.approx(expected.item(), rel=1e-10)
 
 
 def test_prototypes_are_a_parameter_in_the_state_dict_and_normalised_in_use():

@@ -104,7 +104,8 @@ def test_update_weights_sets_one_where_label_probability_exceeds_k_and_only_at_i
     protos = loss.prototypes.detach()
     gen = torch.Generator().manual_seed(4)
     # Rows 0-1 sit on their class prototype (p_y close to 1); rows 2-3 sit on another class (p_y small).
-    emb = torch.stack([protos[0], protos[1], protos[2], protos[0]]) + 0.01 * torch.randn(4, 4, generator=gen, dtype=torch.float64)
+    noise = 0.01 * torch.randn(4, 4, generator=gen, dtype=torch.float64)
+    emb = torch.stack([protos[0], protos[1], protos[2], protos[0]]) + noise
     labels = torch.tensor([0, 1, 0, 2])
     indices = torch.tensor([6, 1, 3, 4])
     initial = torch.tensor([0.0, 1.0, 0.0, 1.0, 1.0, 0.0, 1.0, 1.0], dtype=torch.float64)
