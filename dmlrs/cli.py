@@ -110,6 +110,14 @@ def base_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_memory_arguments(group) -> None:
+    """Flags of the memory-bank methods (SNCA-CE, SNCA-CE (MU), CDNE)."""
+    group.add_argument("--memory-momentum", type=fraction, default=0.5,
+                       help="initial memory momentum mu (raised to 0.8 at epoch 80 and 0.9 at epoch 120)")
+    group.add_argument("--ema", type=fraction, default=0.999,
+                       help="decay of the momentum (EMA) encoder that fills the memory in the MU variant")
+
+
 def make_parser(description: str | None, add_arguments: Callable[[argparse.ArgumentParser], None] | None,
                 defaults: dict | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description, parents=[base_parser()],

@@ -1,0 +1,28 @@
+"""SNCA-CE (MB): scalable neighbourhood component analysis over a per-sample memory bank plus
+cross-entropy, memory updated by momentum averaging (Kang et al., TGRS 2020).
+
+    python train_SNCA_CE/main.py --dataset AID --data /datasets
+"""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from dmlrs import cli  # noqa: E402
+from dmlrs.methods.snca_ce import SNCACE  # noqa: E402
+
+
+def add_arguments(group):
+    group.add_argument("--lambda_", "--lambda", dest="lambda_", type=float, default=1.0,
+                       help="weight of the cross-entropy term")
+    cli.add_memory_arguments(group)
+
+
+def build(args, data):
+    model = cli.model_from_args(args, num_classes=data.num_classes)
+    return SNCACE(model, data.train_labels, memory_mode="bank", temperature=args.temperature,
+                  margin=args.margin, lambda_=args.lambda_, memory_momentum=args.memory_momentum)
+
+
+if __name__ == "__main__":
+    sys.exit(cli.main("SNCA_CE", __doc__, add_arguments, build))
