@@ -121,8 +121,12 @@ class RobustNormSoftmaxLoss(CosinePrototypeLoss):
         """Refresh w at ``indices``: w_n = 1[p_y,n > k]. Other samples keep their weight.
 
         Call it (e.g. each pruning epoch) with embeddings of the training samples from the
-        current model; chunks are fine, each call only touches the given indices.
+        current model; chunks are fine, each call only touches the given indices. Inputs may
+        live on another device (e.g. CPU features from an extraction pass): they are moved to
+        the prototypes' device.
         """
+        device = self.prototypes.device
+        embeddings, labels = embeddings.to(device), labels.to(device)
         self._check_labels(embeddings, labels)
         indices = self._check_indices(indices, embeddings.shape[0])
         with torch.autocast(device_type=embeddings.device.type, enabled=False):
