@@ -17,7 +17,7 @@ Rounding (:func:`split_counts`), for a class of ``n`` images and fractions ``(f_
     if n >= 3: n_test >= 1 when f_te > 0, and n_val >= 1 when f_va > 0
     n_train = n - n_val - n_test, and n_train >= 1 (taken back from val, then test)
 
-So a class of 3 images gives 1/1/1, of 2 images 1/0/1 (with f_va=0.1), of 1 image 1/0/0,
+So a class of 3 images gives 1/1/1, of 2 images 2/0/0, of 1 image 1/0/0 (defaults),
 and AID's smallest class (220 images) gives 154/22/44.
 
 Manifest (``split.json``)::

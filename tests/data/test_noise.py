@@ -1,0 +1,136 @@
+"""Label noise: matrices built independently with loops, sampling follows them, realised rate,
+rate 0, dependent tables mapped by class name, and the packaged json equals the shared reference."""
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dmlrs.data.noise import DEPENDENT_TABLES_FILE, NOISE_TYPES, apply_label_noise, transition_matrix
+from dmlrs.errors import DmlrsError
+
+REFERENCE_JSON = Path("/work/shared/reference/label_dependent_noise.json")
+# sha256 of /work/shared/reference/label_dependent_noise.json (t-RNSL paper Tables V and VI)
+REFERENCE_SHA256 = "2929ed2df22c3eac106fe29883bc38cb3f1971141bd3170f8b4e72b920b25376"
+RATES = (0.1, 0.3, 0.5, 0.7)
+
+
+def _reference_matrix(noise_type, rate, c):
+    """Slow float64 reference built entry by entry from the definitions."""
+    m = np.zeros((c, c), dtype=np.float64)
+    for y in range(c):
+        for k in range(c):
+            if k == y:
+                m[y, k] = 1.0 - rate
+            elif noise_type == "symmetric":
+                m[y, k] = rate / (c - 1)
+            elif noise_type == "pairflip" and k == (y + 1) % c:
+                m[y, k] = rate
+    return m
+
+
+def _tables():
+    return json.loads(DEPENDENT_TABLES_FILE.read_text())
+
+
+@pytest.mark.parametrize("noise_type", ["symmetric", "pairflip"])
+@pytest.mark.parametrize("rate", (0.0,) + RATES)
+def test_symmetric_and_pairflip_matrices(noise_type, rate):
+    m = transition_matrix(noise_type, rate, 6)
+    np.testing.assert_allclose(m, _reference_matrix(noise_type, rate, 6), rtol=0, atol=1e-15)
+    np.testing.assert_allclose(m.sum(axis=1), 1.0, atol=1e-12)
+
+
+@pytest.mark.parametrize("dataset", ["AID", "NWPU-RESISC45"])
+@pytest.mark.parametrize("rate", RATES)
+def test_dependent_matrices_follow_the_table_by_class_name(dataset, rate):
+    key = "AID" if dataset == "AID" else "NWPU45"
+    table = _tables()[key]
+    names = list(reversed(table["classes"]))  # another label order: rows must follow the names
+    m = transition_matrix("dependent", rate, len(names), class_names=names, dataset=dataset)
+    np.testing.assert_allclose(m.sum(axis=1), 1.0, atol=1e-9)
+    for true_name, row in table["matrices"][str(rate)].items():
+        for noisy_name in names:
+            expected = row.get(noisy_name, 0.0)
+            assert m[names.index(true_name), names.index(noisy_name)] == expected
+    assert np.allclose(np.diag(m), 1.0 - rate)
+
+
+@pytest.mark.parametrize("noise_type", NOISE_TYPES)
+def test_sampling_follows_the_matrix(noise_type):
+    classes = _tables()["AID"]["classes"][:30]
+    c, per_class = 30, 4000
+    labels = np.repeat(np.arange(c), per_class)
+    noisy, realised = apply_label_noise(labels, c, noise_type, 0.3, seed=0, class_names=classes, dataset="AID")
+    m = transition_matrix(noise_type, 0.3, c, class_names=classes, dataset="AID")
+    freq = np.zeros((c, c))
+    for y, k in zip(labels, noisy):
+        freq[y, k] += 1
+    freq /= per_class
+    # binomial std <= sqrt(0.25 / 4000) ~ 0.008; 5 sigma
+    assert np.abs(freq - m).max() < 0.04
+    assert realised == pytest.approx((noisy != labels).mean())
+    assert realised == pytest.approx(1 - np.diag(m).mean(), abs=0.01)
+
+
+@pytest.mark.parametrize("noise_type", ["symmetric", "pairflip"])
+@pytest.mark.parametrize("rate", RATES)
+def test_realised_rate_is_close_to_the_nominal_rate(noise_type, rate):
+    labels = np.arange(5000) % 7
+    noisy, realised = apply_label_noise(labels, 7, noise_type, rate, seed=1)
+    assert abs(realised - rate) < 0.03
+    assert noisy.dtype == np.int64 and noisy.min() >= 0 and noisy.max() < 7
+    if noise_type == "pairflip":
+        changed = noisy != labels
+        assert np.all(noisy[changed] == (labels[changed] + 1) % 7)
+
+
+def test_noise_is_seeded():
+    labels = np.arange(300) % 5
+    a, _ = apply_label_noise(labels, 5, "symmetric", 0.4, seed=3)
+    b, _ = apply_label_noise(labels, 5, "symmetric", 0.4, seed=3)
+    c, _ = apply_label_noise(labels, 5, "symmetric", 0.4, seed=4)
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+@pytest.mark.parametrize("noise_type", NOISE_TYPES)
+def test_rate_zero_is_identity(noise_type):
+    labels = np.arange(100) % 4
+    noisy, realised = apply_label_noise(labels, 4, noise_type, 0.0, seed=0, dataset="custom")
+    assert np.array_equal(noisy, labels) and realised == 0.0
+    assert noisy is not labels
+
+
+def test_errors_name_what_exists():
+    classes = _tables()["AID"]["classes"]
+    with pytest.raises(DmlrsError, match="0.1"):
+        transition_matrix("dependent", 0.2, 30, class_names=classes, dataset="AID")
+    with pytest.raises(DmlrsError, match="AID"):
+        transition_matrix("dependent", 0.3, 21, class_names=[str(i) for i in range(21)], dataset="UCMD")
+    with pytest.raises(DmlrsError, match="not in data"):
+        transition_matrix("dependent", 0.3, 30, class_names=classes[:-1] + ["Other"], dataset="AID")
+    with pytest.raises(DmlrsError, match="symmetric, pairflip, dependent"):
+        transition_matrix("uniform", 0.3, 5)
+    with pytest.raises(DmlrsError, match="--noise-rate"):
+        transition_matrix("symmetric", 1.0, 5)
+    with pytest.raises(DmlrsError, match="0..3"):
+        apply_label_noise([0, 4], 4, "symmetric", 0.2, seed=0)
+
+
+def test_packaged_tables_equal_the_shared_reference():
+    packaged = DEPENDENT_TABLES_FILE.read_bytes()
+    assert hashlib.sha256(packaged).hexdigest() == REFERENCE_SHA256  # also holds where shared/ is absent (CI)
+    if REFERENCE_JSON.exists():
+        assert packaged == REFERENCE_JSON.read_bytes()
+        assert json.loads(packaged) == json.loads(REFERENCE_JSON.read_text())
+    tables = json.loads(packaged)
+    assert {k: len(v["classes"]) for k, v in tables.items()} == {"AID": 30, "NWPU45": 45}
+    for table in tables.values():
+        assert sorted(table["matrices"]) == ["0.1", "0.3", "0.5", "0.7"]
+        for rate, rows in table["matrices"].items():
+            assert set(rows) == set(table["classes"])
+            for true_name, row in rows.items():
+                assert set(row) <= set(table["classes"])
+                assert sum(row.values()) == pytest.approx(1.0, abs=1e-9)
+                assert row[true_name] == pytest.approx(1.0 - float(rate))

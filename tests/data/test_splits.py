@@ -1,0 +1,156 @@
+"""Split properties: disjoint, complete, stratified, deterministic, order/extension independent;
+manifest round-trip, hash, mismatch errors; semi-supervised partition and transductive warning."""
+import json
+import random
+from collections import Counter
+
+import pytest
+
+from dmlrs.data.splits import (add_semi_supervised, check_manifest_matches, load_manifest, make_manifest,
+                               manifest_hash, save_manifest, split_counts, stem_key, stratified_split)
+from dmlrs.errors import DmlrsError
+
+CLASSES = ["alpha", "beta", "gamma"]
+SIZES = [20, 7, 3]
+
+
+def _samples(ext=".jpg", sizes=SIZES):
+    return [(f"{c}/{c}_{i}{ext}", label) for label, (c, n) in enumerate(zip(CLASSES, sizes)) for i in range(n)]
+
+
+def _paths(split, key):
+    return [p for p, _ in split[key]]
+
+
+def test_split_is_disjoint_complete_and_stratified():
+    samples = _samples()
+    split = stratified_split(samples, CLASSES, seed=42)
+    all_paths = _paths(split, "train") + _paths(split, "val") + _paths(split, "test")
+    assert len(all_paths) == len(set(all_paths)) == len(samples)
+    assert set(all_paths) == {p for p, _ in samples}
+    for key in ("train", "val", "test"):
+        counts = Counter(label for _, label in split[key])
+        for label, n in enumerate(SIZES):
+            assert counts[label] == split_counts(n)[("train", "val", "test").index(key)]
+    # labels travel with their paths
+    truth = dict(samples)
+    assert all(truth[p] == lab for key in ("train", "val", "test") for p, lab in split[key])
+
+
+@pytest.mark.parametrize("n, expected", [(1, (1, 0, 0)), (2, (2, 0, 0)), (3, (1, 1, 1)), (4, (2, 1, 1)),
+                                         (10, (7, 1, 2)), (220, (154, 22, 44)), (100, (70, 10, 20))])
+def test_split_counts_rounding_rule(n, expected):
+    assert split_counts(n) == expected
+    assert sum(split_counts(n)) == n
+
+
+def test_every_class_with_three_images_gets_a_test_image():
+    for n in range(3, 40):
+        n_train, n_val, n_test = split_counts(n)
+        assert n_test >= 1 and n_val >= 1 and n_train >= 1
+
+
+@pytest.mark.parametrize("bad", [(0.5, 0.5, 0.5), (0.0, 0.5, 0.5), (0.8, -0.1, 0.3), (0.7, 0.3)])
+def test_bad_fractions_are_rejected(bad):
+    with pytest.raises(DmlrsError, match="fractions"):
+        stratified_split(_samples(), CLASSES, fractions=bad)
+
+
+def test_split_is_deterministic_and_seed_dependent():
+    a = stratified_split(_samples(), CLASSES, seed=1)
+    assert a == stratified_split(_samples(), CLASSES, seed=1)
+    assert a != stratified_split(_samples(), CLASSES, seed=2)
+
+
+def test_split_ignores_listing_order_and_extension():
+    reference = stratified_split(_samples(".jpg"), CLASSES, seed=7)
+    shuffled = _samples(".jpg")
+    random.Random(0).shuffle(shuffled)
+    assert stratified_split(shuffled, CLASSES, seed=7) == reference
+    as_tif = stratified_split(_samples(".tif"), CLASSES, seed=7)
+    for key in ("train", "val", "test"):
+        assert [stem_key(p) for p in _paths(as_tif, key)] == [stem_key(p) for p in _paths(reference, key)]
+
+
+def test_adding_a_class_does_not_reshuffle_the_others():
+    base = stratified_split(_samples(), CLASSES, seed=3)
+    more = _samples() + [(f"delta/d_{i}.jpg", 3) for i in range(9)]
+    extended = stratified_split(more, CLASSES + ["delta"], seed=3)
+    for key in ("train", "val", "test"):
+        assert [s for s in extended[key] if s[1] < 3] == base[key]
+
+
+def test_manifest_round_trip_and_hash(tmp_path):
+    manifest = make_manifest("toy", tmp_path, CLASSES, _samples(), seed=5)
+    path = save_manifest(manifest, tmp_path / "runs" / "split.json")
+    loaded = load_manifest(path)
+    assert loaded == manifest
+    assert manifest_hash(loaded) == manifest_hash(manifest)
+    assert {"version", "dataset", "root", "classes", "seed", "fractions", "train", "val", "test"} <= set(loaded)
+    assert not list(path.parent.glob("*.tmp"))  # atomic write leaves no temp file
+    moved = dict(loaded, train=loaded["train"][1:] + loaded["train"][:1])
+    assert manifest_hash(moved) != manifest_hash(loaded)
+    assert manifest_hash(dict(loaded, seed=99, root="/elsewhere")) == manifest_hash(loaded)  # content only
+
+
+@pytest.mark.parametrize("content, message", [
+    ("{not json", "not valid JSON"),
+    ("[1, 2]", "JSON object"),
+    (json.dumps({"version": 1, "classes": ["a"]}), "lacks"),
+    (json.dumps({"version": 9, "classes": ["a"], "train": [], "val": [], "test": []}), "version"),
+    (json.dumps({"version": 1, "classes": ["a"], "train": [["x.jpg", 3]], "val": [], "test": []}), "'train'"),
+])
+def test_bad_manifest_files_raise_clear_errors(tmp_path, content, message):
+    path = tmp_path / "split.json"
+    path.write_text(content)
+    with pytest.raises(DmlrsError, match=message) as info:
+        load_manifest(path)
+    assert str(path) in str(info.value)
+
+
+def test_missing_manifest_file(tmp_path):
+    with pytest.raises(DmlrsError, match="not found"):
+        load_manifest(tmp_path / "nope.json")
+
+
+def test_reused_manifest_must_match_the_data():
+    manifest = make_manifest("toy", None, CLASSES, _samples(), seed=5)
+    assert check_manifest_matches(manifest, CLASSES, _samples()) == []
+    with pytest.raises(DmlrsError, match="classes do not match"):
+        check_manifest_matches(manifest, ["alpha", "beta", "omega"], _samples())
+    fewer = [s for s in _samples() if s[0] != manifest["test"][0][0]]
+    with pytest.raises(DmlrsError, match="not found in the dataset"):
+        check_manifest_matches(manifest, CLASSES, fewer)
+    relabelled = [(p, (lab + 1) % 3 if p == manifest["val"][0][0] else lab) for p, lab in _samples()]
+    with pytest.raises(DmlrsError, match="another class"):
+        check_manifest_matches(manifest, CLASSES, relabelled)
+    notes = check_manifest_matches(manifest, CLASSES, _samples() + [("alpha/new.jpg", 0)])
+    assert len(notes) == 1 and "1 image" in notes[0]
+
+
+def test_semi_supervised_partition_of_the_train_split():
+    manifest = make_manifest("toy", None, CLASSES, _samples(sizes=[40, 30, 20]), seed=5, train_per=0.2)
+    n_train = len(manifest["train"])
+    labelled, unlabelled = manifest["labelled"], manifest["unlabelled"]
+    assert manifest["unlabelled_source"] == "train"
+    assert set(labelled).isdisjoint(unlabelled) and sorted(labelled + unlabelled) == list(range(n_train))
+    per_class_train = Counter(lab for _, lab in manifest["train"])
+    per_class_labelled = Counter(manifest["train"][i][1] for i in labelled)
+    for label, m in per_class_train.items():
+        assert per_class_labelled[label] == max(1, int(m * 0.2 + 0.5))
+    again = make_manifest("toy", None, CLASSES, _samples(sizes=[40, 30, 20]), seed=5, train_per=0.2)
+    assert again["labelled"] == labelled
+    other = make_manifest("toy", None, CLASSES, _samples(sizes=[40, 30, 20]), seed=6, train_per=0.2)
+    assert other["train"] != manifest["train"] or other["labelled"] != labelled
+
+
+def test_transductive_mode_uses_the_test_split_and_warns():
+    manifest = make_manifest("toy", None, CLASSES, _samples(), seed=5)
+    with pytest.warns(UserWarning, match="leak"):
+        add_semi_supervised(manifest, 0.5, transductive=True)
+    assert manifest["unlabelled_source"] == "test"
+    assert manifest["unlabelled"] == list(range(len(manifest["test"])))
+    with pytest.raises(DmlrsError, match="--train-per"):
+        make_manifest("toy", None, CLASSES, _samples(), transductive=True)
+    with pytest.raises(DmlrsError, match="--train-per"):
+        add_semi_supervised(manifest, 0.0)
