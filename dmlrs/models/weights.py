@@ -86,10 +86,11 @@ def _read_state_file(path: Path, flag: str) -> dict:
     try:
         content = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
-        raise DmlrsError(f"{flag}: cannot read {path} as a PyTorch weights file "
-                         f"({exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). "
-                         "It must be a state dict saved with torch.save(model.state_dict(), path) "
-                         "or a dmlrs checkpoint.") from exc
+        raise DmlrsError(f"{flag}: cannot read {path} with torch.load(weights_only=True) "
+                         f"({exc.__class__.__name__}): the file is damaged, is not a PyTorch file, or "
+                         "holds pickled Python objects such as a whole nn.Module, which dmlrs refuses "
+                         "to unpickle. Save it with torch.save(model.state_dict(), path) or pass a "
+                         "dmlrs checkpoint.") from exc
     if not isinstance(content, dict):
         raise DmlrsError(f"{flag}: {path} holds a {type(content).__name__}, not a state dict "
                          "(save model.state_dict(), not the model or a tensor)")
