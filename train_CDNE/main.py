@@ -13,6 +13,9 @@ from dmlrs import cli  # noqa: E402
 from dmlrs.methods.cdne import CDNE  # noqa: E402
 from dmlrs.methods.memory_writer import MEMORY_MODES  # noqa: E402
 
+#: paper defaults that differ from the shared ones in dmlrs/cli.py
+DEFAULTS = {"dim": 64}
+
 
 def add_arguments(group):
     group.add_argument("--memory", default="bank", choices=MEMORY_MODES,
@@ -31,5 +34,9 @@ def build(args, data):
                 memory_momentum=args.memory_momentum, ema_decay=args.ema)
 
 
+def main(argv=None) -> int:
+    return cli.main("CDNE", __doc__, add_arguments, build, defaults=DEFAULTS, argv=argv)
+
+
 if __name__ == "__main__":
-    sys.exit(cli.main("CDNE", __doc__, add_arguments, build, defaults={"dim": 64}))
+    sys.exit(main())

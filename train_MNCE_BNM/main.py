@@ -15,6 +15,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from dmlrs import cli  # noqa: E402
 from dmlrs.methods.mnce_bnm import MNCEBNM  # noqa: E402
 
+#: paper defaults that differ from the shared ones in dmlrs/cli.py
+DEFAULTS = {"margin": 0.5}
+
 
 def add_arguments(group):
     group.add_argument("--train_per", "--train-per", dest="train_per", type=cli.fraction, default=0.2,
@@ -30,5 +33,9 @@ def build(args, data):
                    bnm_weight=args.bnm_weight)
 
 
+def main(argv=None) -> int:
+    return cli.main("MNCE_BNM", __doc__, add_arguments, build, defaults=DEFAULTS, argv=argv)
+
+
 if __name__ == "__main__":
-    sys.exit(cli.main("MNCE_BNM", __doc__, add_arguments, build, defaults={"margin": 0.5}))
+    sys.exit(main())

@@ -11,6 +11,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from dmlrs import cli  # noqa: E402
 from dmlrs.methods.snca_ce import SNCACE  # noqa: E402
 
+#: paper defaults that differ from the shared ones in dmlrs/cli.py
+DEFAULTS = {}
+
 
 def add_arguments(group):
     group.add_argument("--lambda_", "--lambda", dest="lambda_", type=float, default=1.0,
@@ -24,5 +27,9 @@ def build(args, data):
                   margin=args.margin, lambda_=args.lambda_, memory_momentum=args.memory_momentum)
 
 
+def main(argv=None) -> int:
+    return cli.main("SNCA_CE", __doc__, add_arguments, build, defaults=DEFAULTS, argv=argv)
+
+
 if __name__ == "__main__":
-    sys.exit(cli.main("SNCA_CE", __doc__, add_arguments, build))
+    sys.exit(main())

@@ -11,6 +11,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from dmlrs import cli  # noqa: E402
 from dmlrs.methods.srl import SRL  # noqa: E402
 
+#: paper defaults that differ from the shared ones in dmlrs/cli.py
+DEFAULTS = {"model": "resnet50"}
+
 
 def add_arguments(group):
     group.add_argument("--classes-per-batch", type=cli.positive_int, default=8, help="C classes per batch")
@@ -27,5 +30,9 @@ def build(args, data):
                alpha=args.alpha, margin=args.srl_margin, temperature=args.srl_T, lambda_=args.srl_lambda)
 
 
+def main(argv=None) -> int:
+    return cli.main("SRL", __doc__, add_arguments, build, defaults=DEFAULTS, argv=argv)
+
+
 if __name__ == "__main__":
-    sys.exit(cli.main("SRL", __doc__, add_arguments, build, defaults={"model": "resnet50"}))
+    sys.exit(main())

@@ -12,6 +12,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from dmlrs import cli  # noqa: E402
 from dmlrs.methods.trnsl import TRNSL  # noqa: E402
 
+#: paper defaults that differ from the shared ones in dmlrs/cli.py
+DEFAULTS = {}
+
 
 def add_arguments(group):
     group.add_argument("--noiseType", "--noise-type", dest="noiseType", default=None,
@@ -31,5 +34,9 @@ def build(args, data):
                  start_prune=args.start_prune, prune_every=args.prune_every, truncated=args.truncated)
 
 
+def main(argv=None) -> int:
+    return cli.main("tRNSL", __doc__, add_arguments, build, defaults=DEFAULTS, argv=argv)
+
+
 if __name__ == "__main__":
-    sys.exit(cli.main("tRNSL", __doc__, add_arguments, build))
+    sys.exit(main())
