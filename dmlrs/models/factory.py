@@ -12,7 +12,7 @@ from dmlrs.models.heads import HEADS
 from dmlrs.models.weights import load_initial_weights
 
 
-def build_model(backbone: str = "resnet18", dim: int = 128, *, weights: str | Path = "none",
+def build_model(backbone: str = "resnet18", dim: int = 128, *, weights: str | Path | None = "none",
                 num_classes: int | None = None, head: str = "embedding",
                 channels_last: bool = False) -> EmbeddingModel:
     """Backbone (``resnet18`` | ``resnet50`` | ``vgg16``) + ``head`` (``embedding`` | ``hash``)

@@ -38,9 +38,9 @@ def imagenet_weights_path(backbone: str) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name
 
 
-def load_initial_weights(model: nn.Module, weights: str | Path) -> None:
-    """Apply ``--weights`` (``"imagenet"``, ``"none"`` or a file path) to ``model`` in place."""
-    weights = str(weights)
+def load_initial_weights(model: nn.Module, weights: str | Path | None) -> None:
+    """Apply ``--weights`` (``"imagenet"``, ``"none"``/``None`` or a file path) to ``model``."""
+    weights = "none" if weights is None else str(weights)
     if weights == "none":
         return
     if weights == "imagenet":

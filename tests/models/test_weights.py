@@ -27,8 +27,9 @@ def _assert_backbone_holds(model, state):
         torch.testing.assert_close(model.backbone.state_dict()[key], state[key], rtol=0, atol=0)
 
 
-def test_none_keeps_random_init_and_differs_from_file(torchvision_resnet18_state):
-    model = build_model("resnet18", DIM, weights="none")
+@pytest.mark.parametrize("weights", ["none", None])
+def test_none_keeps_random_init_and_differs_from_file(torchvision_resnet18_state, weights):
+    model = build_model("resnet18", DIM, weights=weights)
     assert not torch.equal(model.backbone.conv1.weight, torchvision_resnet18_state["conv1.weight"])
 
 
