@@ -1,0 +1,228 @@
+"""Binary hash codes: binarisation, bit packing, Hamming distance and hashing retrieval metrics.
+
+Codes
+-----
+``binarize(x) = sign(x)`` with sign(0) = +1.  Bit b of a code is 1 where the real-valued
+code is >= 0.  ``pack_codes`` stores the bits in int64 words, LSB first: bit b lives in
+word b // 64 at position b % 64 (unused high bits of the last word are 0), so a B-bit code
+costs ceil(B / 64) words instead of B bytes.  Hamming distance = popcount(q XOR g) summed
+over words; popcount uses the SWAR bit trick (valid on signed int64 because every mask
+clears the sign bit).
+
+Metrics (same calling convention as :func:`dmlrs.metrics.retrieval.retrieval_metrics`)
+-------------------------------------------------------------------------------------
+The gallery is ranked by ASCENDING Hamming distance, ties (very common with short codes)
+broken by gallery index (lower first); leave-one-out removes query i from its own ranking
+by index.  With R relevant items, rel(i) and P(i) = (1/i) sum_{j<=i} rel(j) at rank i:
+
+* ``mAP``      (1/R) sum_i P(i) rel(i) over the full ranking.
+* ``mAP@k``    the hashing papers' "MAP@k" (e.g. "MAP with R = 100" in DPSH / HashNet code):
+               sum_{i<=k} P(i) rel(i) / N, where N is chosen by ``map_at_normalizer``:
+               "retrieved" (default, as in the HashNet/DPSH evaluation code): N = number of
+               relevant items within the top k; "capped": N = min(k, R) (a perfect ranking
+               scores 1); "all": N = R.  A query with N = 0 scores 0.
+* ``P@k``      (1/k) sum_{i<=k} rel(i) (divides by k also when the gallery is smaller).
+* ``P@H<=r``   precision of the set {g : d(q, g) <= radius} (the "hash lookup" precision,
+               r = 2 by default); 0 for a query with nothing within the radius, as in the
+               literature (Xia et al. 2014, Cao et al. HashNet 2017).
+
+All are means over the queries that have at least one relevant item; the others are counted
+in ``num_queries_without_relevant`` (see retrieval.py for the same rule).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from dmlrs.errors import DmlrsError
+from dmlrs.metrics.retrieval import (
+    DEFAULT_KS,
+    RankStats,
+    check_ks,
+    check_positive_int,
+    exclude_self,
+    mean_over,
+    relevant_ranks,
+    require_some_relevant,
+    resolve_gallery,
+)
+
+WORD_BITS = 64
+MAP_NORMALIZERS = ("retrieved", "capped", "all")
+_M1 = 0x5555555555555555
+_M2 = 0x3333333333333333
+_M4 = 0x0F0F0F0F0F0F0F0F
+_H01 = 0x0101010101010101
+
+
+def binarize(x: torch.Tensor) -> torch.Tensor:
+    """sign(x) with sign(0) = +1, same dtype and shape as ``x``."""
+    return torch.where(x >= 0, 1, -1).to(x.dtype)
+
+
+def _bits_of(codes: torch.Tensor) -> torch.Tensor:
+    """(N, B) bool bits of real-valued codes (>= 0 -> 1) or of 0/1 integer/bool codes."""
+    if not isinstance(codes, torch.Tensor) or codes.dim() != 2 or codes.shape[1] == 0:
+        raise DmlrsError("hash codes must be a 2-D tensor (num_items x num_bits) with at least one bit")
+    if codes.dtype == torch.bool:
+        return codes
+    if codes.dtype.is_floating_point:
+        if torch.isnan(codes).any():
+            raise DmlrsError("hash codes contain NaN; check the hash head's output")
+        return codes >= 0
+    if not bool(((codes == 0) | (codes == 1)).all()):
+        raise DmlrsError(
+            "integer hash codes must be 0/1 bits; pass real-valued (or +-1 float) codes to binarise them by sign"
+        )
+    return codes == 1
+
+
+def pack_codes(bits_or_real: torch.Tensor) -> torch.Tensor:
+    """Pack (N, B) codes into (N, ceil(B / 64)) int64 words, bit b -> word b // 64, bit b % 64.
+
+    Accepts real-valued codes (binarised: >= 0 -> 1, so 0 counts as +1) or bool / 0-1 integer bits.
+    """
+    bits = _bits_of(bits_or_real)
+    num_items, num_bits = bits.shape
+    num_words = -(-num_bits // WORD_BITS)
+    padded = torch.zeros(num_items, num_words * WORD_BITS, dtype=torch.long, device=bits.device)
+    padded[:, :num_bits] = bits.long()
+    place = torch.ones(WORD_BITS, dtype=torch.long, device=bits.device) << torch.arange(WORD_BITS, device=bits.device)
+    # (N, W, 64) bits * place values; distinct powers of two, so the sum is a bitwise OR (wraps at bit 63)
+    return (padded.view(num_items, num_words, WORD_BITS) * place).sum(dim=2)
+
+
+def unpack_codes(packed: torch.Tensor, num_bits: int) -> torch.Tensor:
+    """Inverse of :func:`pack_codes`: (N, W) int64 words -> (N, num_bits) bool bits."""
+    shifts = torch.arange(WORD_BITS, device=packed.device)
+    bits = (packed.unsqueeze(2) >> shifts) & 1  # (N, W, 64)
+    return bits.reshape(packed.shape[0], -1)[:, :num_bits].bool()
+
+
+def popcount(words: torch.Tensor) -> torch.Tensor:
+    """Number of set bits of every int64 element (SWAR; the masks clear the sign bit, so the
+    arithmetic right shifts of signed int64 behave like logical ones)."""
+    x = words - ((words >> 1) & _M1)
+    x = (x & _M2) + ((x >> 2) & _M2)
+    x = (x + (x >> 4)) & _M4
+    return (x * _H01) >> 56  # top byte = sum of the 8 byte counts (multiplication wraps mod 2^64)
+
+
+def _distance_chunk(packed_q: torch.Tensor, packed_g: torch.Tensor) -> torch.Tensor:
+    """(C, W) x (G, W) packed words -> (C, G) int64 Hamming distances."""
+    distance = torch.zeros(packed_q.shape[0], packed_g.shape[0], dtype=torch.long, device=packed_q.device)
+    for word in range(packed_q.shape[1]):  # one (C, G) XOR + popcount per 64-bit word
+        distance += popcount(packed_q[:, word : word + 1] ^ packed_g[:, word].unsqueeze(0))
+    return distance
+
+
+def hamming_distance(packed_q: torch.Tensor, packed_g: torch.Tensor, chunk_size: int = 1024) -> torch.Tensor:
+    """(Q, W) x (G, W) int64 packed codes -> (Q, G) int32 Hamming distances, chunked over queries."""
+    for name, packed in (("packed_q", packed_q), ("packed_g", packed_g)):
+        if not isinstance(packed, torch.Tensor) or packed.dtype != torch.long or packed.dim() != 2:
+            raise DmlrsError(f"{name} must be a 2-D int64 tensor from pack_codes()")
+    if packed_q.shape[1] != packed_g.shape[1]:
+        raise DmlrsError(f"packed_q has {packed_q.shape[1]} words per code but packed_g has {packed_g.shape[1]}")
+    chunk_size = check_positive_int(chunk_size, "chunk_size")
+    packed_g = packed_g.to(packed_q.device)
+    return torch.cat(
+        [_distance_chunk(packed_q[s : s + chunk_size], packed_g).int() for s in range(0, packed_q.shape[0], chunk_size)]
+    )
+
+
+def _packed(codes: torch.Tensor, num_bits: int | None, name: str) -> tuple[torch.Tensor, int]:
+    """Return (int64 words, number of bits) for real/bit codes, or for packed codes when num_bits is given."""
+    if num_bits is None:
+        bits = _bits_of(codes)
+        return pack_codes(bits), bits.shape[1]
+    num_bits = check_positive_int(num_bits, "num_bits")
+    num_words = -(-num_bits // WORD_BITS)
+    if not isinstance(codes, torch.Tensor) or codes.dtype != torch.long or codes.dim() != 2 or codes.shape[1] != num_words:
+        raise DmlrsError(
+            f"{name}: with num_bits={num_bits} the codes must be packed int64 words of shape (N, {num_words}) "
+            "from pack_codes(); pass num_bits=None for real-valued or 0/1 codes"
+        )
+    return codes, num_bits
+
+
+def hamming_metrics(
+    query_codes: torch.Tensor,
+    query_labels: torch.Tensor,
+    gallery_codes: torch.Tensor | None = None,
+    gallery_labels: torch.Tensor | None = None,
+    *,
+    ks: Sequence[int] = DEFAULT_KS,
+    map_at: Sequence[int] = (100,),
+    radius: int = 2,
+    num_bits: int | None = None,
+    map_at_normalizer: str = "retrieved",
+    chunk_size: int = 1024,
+) -> dict:
+    """Hashing retrieval report: ``mAP``, ``mAP@k`` for k in ``map_at``, ``P@k`` for k in ``ks``,
+    ``P@H<=radius``, ``num_queries``, ``num_queries_without_relevant`` (plain Python values).
+
+    Codes: real-valued (binarised by sign, 0 -> +1) or 0/1 bits, (N, B); or packed int64 words
+    from :func:`pack_codes` together with ``num_bits``.  ``gallery_codes=None``: leave-one-out.
+    Definitions in the module docstring.
+    """
+    if map_at_normalizer not in MAP_NORMALIZERS:
+        raise DmlrsError(f"map_at_normalizer must be one of {MAP_NORMALIZERS}, got {map_at_normalizer!r}")
+    if isinstance(radius, bool) or not isinstance(radius, int) or radius < 0:
+        raise DmlrsError(f"radius must be a non-negative integer, got {radius!r}")
+    ks, map_at = check_ks(ks), check_ks(map_at, "map_at")
+    chunk_size = check_positive_int(chunk_size, "chunk_size")
+    packed_q, bits_q = _packed(query_codes, num_bits, "query_codes")
+    if gallery_codes is None:
+        packed_g, bits_g = None, bits_q
+    else:
+        packed_g, bits_g = _packed(gallery_codes, num_bits, "gallery_codes")
+    if bits_g != bits_q:
+        raise DmlrsError(f"query codes have {bits_q} bits but gallery codes have {bits_g}")
+    query_labels, packed_g, gallery_labels, loo = resolve_gallery(
+        packed_q, query_labels, packed_g, gallery_labels, what="codes"
+    )
+
+    num_gallery = packed_g.shape[0]
+    reversed_index = torch.arange(num_gallery - 1, -1, -1, device=packed_q.device)
+    columns: dict[str, list[torch.Tensor]] = {"AP": [], "num_relevant": [], "radius": []}
+    columns.update({f"AP@{k}": [] for k in map_at})
+    columns.update({f"P@{k}": [] for k in ks})
+    for start in range(0, packed_q.shape[0], chunk_size):
+        distance = _distance_chunk(packed_q[start : start + chunk_size], packed_g)  # (C, G)
+        keys = (bits_q - distance) * num_gallery + reversed_index  # distinct; descending = ascending distance
+        relevant = query_labels[start : start + chunk_size].unsqueeze(1) == gallery_labels.unsqueeze(0)
+        within = distance <= radius
+        if loo:
+            exclude_self(keys, start, relevant, within)  # the query is not "within the radius" of itself
+        stats = RankStats(*relevant_ranks(keys, relevant))
+        columns["AP"].append(stats.average_precision())
+        columns["num_relevant"].append(stats.num_relevant)
+        for k in map_at:
+            columns[f"AP@{k}"].append(_average_precision_at(stats, k, map_at_normalizer))
+        for k in ks:
+            columns[f"P@{k}"].append(stats.precision_at(k))
+        num_within = within.sum(dim=1)
+        columns["radius"].append((within & relevant).sum(dim=1).double() / num_within.clamp_min(1))
+    per_query = {name: torch.cat(parts) for name, parts in columns.items()}
+    keep = require_some_relevant(per_query["num_relevant"])
+
+    result: dict = {"mAP": mean_over(per_query["AP"], keep)}
+    result.update({f"mAP@{k}": mean_over(per_query[f"AP@{k}"], keep) for k in map_at})
+    result.update({f"P@{k}": mean_over(per_query[f"P@{k}"], keep) for k in ks})
+    result[f"P@H<={radius}"] = mean_over(per_query["radius"], keep)
+    result["num_queries"] = int(keep.sum())
+    result["num_queries_without_relevant"] = int((~keep).sum())
+    return result
+
+
+def _average_precision_at(stats: RankStats, k: int, normalizer: str) -> torch.Tensor:
+    """(C,) float64 hashing MAP@k of each query, 0 where the normaliser is 0."""
+    if normalizer == "retrieved":
+        denominator = stats.hits_within(k)
+    elif normalizer == "capped":
+        denominator = stats.num_relevant.clamp_max(k)
+    else:
+        denominator = stats.num_relevant
+    numerator = stats.precision_sum_within(k)
+    return torch.where(denominator > 0, numerator / denominator.clamp_min(1).double(), 0.0)
