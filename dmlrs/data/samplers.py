@@ -4,21 +4,24 @@ Each batch holds ``classes_per_batch`` (C) distinct classes with ``images_per_cl
 each, laid out class by class: batch[c*K:(c+1)*K] share one label. Use it as
 ``DataLoader(dataset, batch_sampler=ClassBalancedBatchSampler(labels, C, K))``.
 
-How a pass is built (one "round"):
-  * every class's images are shuffled and cut into chunks of K. A last partial chunk is topped up
-    with other images of the same class (no image twice in a chunk); a class with FEWER than K
-    images gives one chunk holding all its images plus draws WITH replacement from the class, so
-    such a batch repeats some of that class's images;
-  * chunks are ordered by stratified random keys (chunk j of a class with k chunks gets key
-    (j + u) / k, u ~ U(0, 1)), which spreads every class evenly over the round;
-  * batches take the next C chunks of distinct classes in that order (a chunk whose class is
-    already in the batch waits for the next batch); when the round runs short of distinct
-    classes, the next round is appended.
-The default ``num_batches`` is the number of batches one round needs, ceil(sum_c ceil(n_c / K) / C),
+How batches are built:
+  * a "pass" over a class shuffles its images and cuts them into chunks of K. A last partial chunk
+    is topped up with other images of the same class (no image twice in a chunk); a class with
+    FEWER than K images gives one chunk holding all its images plus draws WITH replacement from
+    the class, so such a batch repeats some of that class's images;
+  * chunk j of a class's p-th pass (k chunks) gets the stratified random key p + (j + u) / k,
+    u ~ U(0, 1), which spreads every class evenly over a pass and puts later passes after it;
+  * each batch takes the next chunk of the C classes whose next chunks have the smallest keys
+    (so C distinct classes, in a random order that mixes which classes meet); when fewer than C
+    classes have chunks left, every exhausted class starts a new pass. The cost per batch is
+    O(C log #classes) however unbalanced the classes are.
+The default ``num_batches`` is the number of batches one pass over every class needs, ceil(sum_c ceil(n_c / K) / C),
 about len(labels) // (C*K). With classes of equal size every labelled image is shown at least once
-per epoch; with unequal sizes nearly all are (a few chunks can slip past the round boundary, and
-a class with more chunks than there are batches cannot fit, since a batch holds one chunk per class).
-
+per epoch (passes are consumed stratum by stratum, so per-class counts never drift apart by more
+than one chunk); with unequal sizes it holds whenever every class has well fewer chunks than there are batches
+(true of the RS datasets at the usual C and K); a class with about as many chunks as batches
+can miss a few images, and one with more chunks than batches cannot fit (one chunk per class
+per batch).
 Determinism: batches depend only on (labels, C, K, num_batches, seed, epoch); call
 ``set_epoch(epoch)`` before each epoch so a resumed run reproduces the same batches.
 Unlabelled entries (label < 0, e.g. -1) are never sampled.
@@ -26,6 +29,8 @@ Unlabelled entries (label < 0, e.g. -1) are never sampled.
 
 from __future__ import annotations
 
+import heapq
+from collections import deque
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -66,8 +71,8 @@ class ClassBalancedBatchSampler(Sampler[list[int]]):
         self.seed = int(seed)
         self.epoch = 0
         self._members = [np.flatnonzero(labels_arr == c) for c in classes]  # per class: dataset indices
-        chunks_per_round = sum(-(-len(m) // self.images_per_class) for m in self._members)
-        default = -(-chunks_per_round // self.classes_per_batch)
+        chunks_per_pass = sum(-(-len(m) // self.images_per_class) for m in self._members)
+        default = -(-chunks_per_pass // self.classes_per_batch)
         if num_batches is not None and num_batches < 1:
             raise DmlrsError(f"the number of batches per epoch must be at least 1, got {num_batches}.")
         self.num_batches = int(num_batches) if num_batches is not None else default
@@ -81,38 +86,28 @@ class ClassBalancedBatchSampler(Sampler[list[int]]):
 
     def __iter__(self) -> Iterator[list[int]]:
         rng = np.random.default_rng([self.seed, self.epoch])
-        pending: list[tuple[int, np.ndarray]] = []  # (class position, K indices), in round order
+        queues: list[deque[tuple[float, np.ndarray]]] = [deque() for _ in self._members]  # (key, K indices)
+        passes = [0] * len(self._members)  # passes started per class
+        heads: list[tuple[float, int]] = []  # heap of (key of the class's next chunk, class position)
         for _ in range(self.num_batches):
-            batch = self._take_distinct(pending)
-            while batch is None:
-                pending.extend(self._round(rng))
-                batch = self._take_distinct(pending)
-            yield [int(i) for _, chunk in batch for i in chunk]
+            if len(heads) < self.classes_per_batch:
+                for cls, queue in enumerate(queues):  # too few classes left: new pass for the empty ones
+                    if not queue:
+                        queue.extend(self._keyed_chunks(cls, passes[cls], rng))
+                        passes[cls] += 1
+                        heapq.heappush(heads, (queue[0][0], cls))
+            chosen = [heapq.heappop(heads)[1] for _ in range(self.classes_per_batch)]  # C distinct classes
+            batch = [int(i) for cls in chosen for i in queues[cls].popleft()[1]]
+            for cls in chosen:  # re-queue after the batch is complete, so no class appears twice
+                if queues[cls]:
+                    heapq.heappush(heads, (queues[cls][0][0], cls))
+            yield batch
 
-    def _take_distinct(self, pending: list[tuple[int, np.ndarray]]) -> list[tuple[int, np.ndarray]] | None:
-        """Remove and return the first C chunks of distinct classes, or None (pending untouched)."""
-        picked: list[int] = []
-        seen: set[int] = set()
-        for pos, (cls, _) in enumerate(pending):
-            if cls not in seen:
-                seen.add(cls)
-                picked.append(pos)
-                if len(picked) == self.classes_per_batch:
-                    batch = [pending[p] for p in picked]
-                    for p in reversed(picked):
-                        del pending[p]
-                    return batch
-        return None
-
-    def _round(self, rng: np.random.Generator) -> list[tuple[int, np.ndarray]]:
-        """One pass over every class: its K-chunks, ordered by stratified random keys."""
-        keyed: list[tuple[float, int, np.ndarray]] = []
-        for cls, members in enumerate(self._members):
-            chunks = self._chunks(members, rng)  # (k, K)
-            offsets = rng.random(len(chunks))
-            keyed.extend(((j + offsets[j]) / len(chunks), cls, chunk) for j, chunk in enumerate(chunks))
-        keyed.sort(key=lambda item: item[0])
-        return [(cls, chunk) for _, cls, chunk in keyed]
+    def _keyed_chunks(self, cls: int, pass_index: int, rng: np.random.Generator) -> list[tuple[float, np.ndarray]]:
+        """One pass over class ``cls``: its K-chunks with stratified keys pass + (j + u_j) / k."""
+        chunks = self._chunks(self._members[cls], rng)  # (k, K)
+        offsets = rng.random(len(chunks))
+        return [(pass_index + (j + offsets[j]) / len(chunks), chunk) for j, chunk in enumerate(chunks)]
 
     def _chunks(self, members: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Shuffle one class and cut it into (ceil(n / K), K) index chunks (see module docstring)."""

@@ -78,6 +78,25 @@ def test_balanced_epoch_covers_every_image(classes, per_class, c, k):
         assert seen == set(range(len(labels)))
 
 
+def test_unbalanced_epoch_covers_every_image():
+    labels = [c for c, size in enumerate([22, 30, 42, 25, 37]) for _ in range(size)]
+    sampler = ClassBalancedBatchSampler(labels, 2, 5, seed=4)
+    for epoch in range(4):
+        batches = epoch_batches(sampler, epoch)
+        assert all(len({labels[i] for i in batch}) == 2 for batch in batches)
+        assert {i for batch in batches for i in batch} == set(range(len(labels)))
+
+
+def test_one_dominant_class_still_gives_c_by_k_batches():
+    labels = [0] * 3000 + [1] * 3 + [2] * 6
+    sampler = ClassBalancedBatchSampler(labels, 2, 5, seed=0)
+    batches = list(sampler)
+    assert len(batches) == (600 + 1 + 2 + 1) // 2
+    for batch in batches:
+        assert_c_by_k(batch, labels, 2, 5)
+    assert sum(labels[batch[0]] == 0 or labels[batch[5]] == 0 for batch in batches) == len(batches)
+
+
 def test_class_smaller_than_k_is_sampled_with_replacement():
     labels = balanced_labels(classes=3, per_class=8) + [5, 5]  # class 5 has two images, K = 4
     small = {24, 25}
