@@ -26,10 +26,13 @@ still divided by B, as in the original code (which masked out p_i = 0 but divide
 singleton class neither yields NaN/inf nor re-weights the rest of the batch.
 
 Numerics: log p_i = -softplus(lse_Q - lse_P + margin / T), where lse_P / lse_Q are the
-log-sum-exp of the logits over P_i / Q_i, each shifted by its own row maximum. Nothing
-overflows for any finite logits and a small same-class mass cannot underflow to log(0). The
-maths runs in float32 (float64 if given float64) with autocast disabled. The backward pass
-is written by hand (one fused B x N expression, no autograd graph over the B x N logits):
+log-sum-exp of the logits over P_i / Q_i. Each row is shifted by its maximum before exp, so
+nothing overflows for any finite logits; if a same-class mass underflows against that shift
+(logits spanning more than ~60, e.g. un-normalised inputs or T << 0.05), the batch is
+recomputed with each set shifted by its own maximum, so log(0) never happens. That check is
+one host sync per call. The maths runs in float32 (float64 if given float64) with autocast
+disabled. The backward pass is written by hand (one fused B x N expression, no autograd
+graph over the B x N logits):
 
     d loss / d s_ij = (1 - p_i) / B * (softmax_Q(s_i)_j - softmax_P(s_i)_j)
 
@@ -49,28 +52,51 @@ from dmlrs.errors import DmlrsError
 from dmlrs.memory import MemoryBank
 
 
+# a same-class mass below this (relative to the shift) is recomputed with its own shift: the
+# terms of a sum >= 1e-26 over <= 1e6 slots that matter are normal fp32 numbers (> 1.2e-38)
+_UNDERFLOW_GUARD = 1e-26
+
+
+def _masked_sums(logits, same_class, pos_shift, neg_shift):
+    """exp(s_ij - shift) (B, N) and its same-class / other-class row sums (B,).
+
+    The shift is pos_shift[i] for same-class slots and neg_shift[i] for the others; the own
+    slot holds -inf, so its weight is 0.
+    """
+    if pos_shift is neg_shift:
+        weights = (logits - pos_shift[:, None]).exp_()
+    else:
+        weights = (logits - torch.where(same_class, pos_shift[:, None], neg_shift[:, None])).exp_()
+    pos_sum = torch.where(same_class, weights, 0.0).sum(dim=1)
+    neg_sum = torch.where(same_class, 0.0, weights).sum(dim=1)
+    return weights, pos_sum, neg_sum
+
+
+def _finite_or_zero(values):
+    return torch.where(torch.isfinite(values), values, 0.0)
+
+
 class _SNCAFunction(torch.autograd.Function):
     """Mean SNCA loss of a batch; gradient w.r.t. the embeddings only (the memory is a buffer)."""
 
     @staticmethod
-    def forward(ctx, embeddings, slots, same_class, indices, inv_temperature: float, margin_logit: float):
+    def forward(ctx, embeddings, slots, same_class, indices, has_positive, inv_temperature: float,
+                margin_logit: float):
         batch = embeddings.shape[0]
-        neg_inf = float("-inf")
-        logits = torch.mm(embeddings, slots.t()).mul_(inv_temperature)  # (B, N)
-        logits.scatter_(1, indices[:, None], neg_inf)  # own slot: never a neighbour
-        pos_max = torch.where(same_class, logits, neg_inf).amax(dim=1)  # (B,)
-        neg_max = torch.where(same_class, neg_inf, logits).amax(dim=1)  # (B,)
-        has_positive = torch.isfinite(pos_max)
-        has_negative = torch.isfinite(neg_max)
-        pos_max = torch.where(has_positive, pos_max, 0.0)
-        neg_max = torch.where(has_negative, neg_max, 0.0)
-        # exp(s_ij - max of j's own set): every term <= 1, each non-empty set's sum >= 1
-        shift = torch.where(same_class, pos_max[:, None], neg_max[:, None])  # (B, N)
-        weights = logits.sub_(shift).exp_()  # (B, N), own slot -> exp(-inf) = 0
-        pos_sum = torch.where(same_class, weights, 0.0).sum(dim=1)  # (B,)
-        neg_sum = torch.where(same_class, 0.0, weights).sum(dim=1)  # (B,)
-        lse_pos = pos_max + pos_sum.log()
-        lse_neg = neg_max + neg_sum.log()  # -inf when there is no other class
+        logits = torch.mm(embeddings * inv_temperature, slots.t())  # (B, N)
+        logits.scatter_(1, indices[:, None], float("-inf"))  # own slot: never a neighbour
+        # fast path: one shift per row (its max), exact unless the same-class mass underflows,
+        # i.e. the logits span more than ~60 (never for unit vectors with T >= 0.02)
+        row_max = _finite_or_zero(logits.amax(dim=1))  # (B,)
+        pos_shift = neg_shift = row_max
+        weights, pos_sum, neg_sum = _masked_sums(logits, same_class, pos_shift, neg_shift)
+        if bool((has_positive & (pos_sum < _UNDERFLOW_GUARD)).any()):
+            # slow path: shift each set by its own max, so each non-empty sum is >= 1
+            pos_shift = _finite_or_zero(torch.where(same_class, logits, float("-inf")).amax(dim=1))
+            neg_shift = _finite_or_zero(torch.where(same_class, float("-inf"), logits).amax(dim=1))
+            weights, pos_sum, neg_sum = _masked_sums(logits, same_class, pos_shift, neg_shift)
+        lse_pos = pos_shift + pos_sum.log()  # (B,), -inf without same-class slots
+        lse_neg = neg_shift + neg_sum.log()  # (B,), -inf without other-class slots
         z = lse_neg - lse_pos + margin_logit  # -log p_i = softplus(z)
         per_sample = torch.where(has_positive, F.softplus(z), 0.0)
         one_minus_p = torch.where(has_positive, torch.sigmoid(z), 0.0)  # d softplus(z) / dz
@@ -83,12 +109,12 @@ class _SNCAFunction(torch.autograd.Function):
     def backward(ctx, grad_loss):
         weights, same_class, slots, pos_sum, neg_sum, one_minus_p = ctx.saved_tensors
         coef = grad_loss * one_minus_p / weights.shape[0]  # (B,)
-        # a non-empty set's sum is >= 1, so clamping at 1 only guards empty sets (coef 0 there)
-        pos_scale = -coef / pos_sum.clamp_min(1.0)
-        neg_scale = coef / neg_sum.clamp_min(1.0)
+        # an empty (or fully underflowed) set has all weights 0: any finite divisor gives 0
+        pos_scale = -coef / torch.where(pos_sum > 0, pos_sum, 1.0)
+        neg_scale = coef / torch.where(neg_sum > 0, neg_sum, 1.0)
         grad_logits = weights * torch.where(same_class, pos_scale[:, None], neg_scale[:, None])  # (B, N)
         grad_embeddings = torch.mm(grad_logits, slots).mul_(ctx.inv_temperature)  # (B, d)
-        return grad_embeddings, None, None, None, None, None
+        return grad_embeddings, None, None, None, None, None, None
 
 
 class SNCALoss(nn.Module):
@@ -118,6 +144,8 @@ class SNCALoss(nn.Module):
         self.temperature = float(temperature)
         self.margin = float(margin)
         self.register_buffer("memory_labels", memory_labels.clone())
+        # slots per class: a sample has a same-class neighbour iff its class has > 1 slot
+        self.register_buffer("class_sizes", torch.bincount(memory_labels), persistent=False)
         self.last_logs: dict[str, float] = {}
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, *,
@@ -143,8 +171,9 @@ class SNCALoss(nn.Module):
         dtype = torch.float64 if embeddings.dtype == torch.float64 else torch.float32
         with torch.autocast(device_type=embeddings.device.type, enabled=False):
             same_class = labels[:, None] == self.memory_labels[None, :]  # (B, N)
+            has_positive = self.class_sizes[labels] > 1  # (B,)
             loss = _SNCAFunction.apply(
-                embeddings.to(dtype), self.memory.slots.to(dtype), same_class, indices,
+                embeddings.to(dtype), self.memory.slots.to(dtype), same_class, indices, has_positive,
                 1.0 / self.temperature, self.margin / self.temperature,
             )
         self.last_logs = {"snca": float(loss.detach())}

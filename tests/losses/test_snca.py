@@ -170,6 +170,34 @@ def test_finite_where_naive_exp_overflows_fp32():
     assert loss.item() == pytest.approx(expected, rel=1e-4, abs=1e-4)
 
 
+def _far_positives_problem(dtype):
+    """Same-class logits near -150, an other-class logit at +150: exp(-300) underflows in fp32."""
+    memory_labels = torch.tensor([0, 0, 0, 1, 1, 2])
+    direction = torch.zeros(6, 3, dtype=dtype)
+    direction[:, 0] = torch.tensor([1.0, -1.0, -0.99, 1.0, 0.5, -0.2], dtype=dtype)
+    direction[:, 1] = (1 - direction[:, 0] ** 2).sqrt()
+    memory = MemoryBank(6, 3)
+    memory.slots = direction
+    indices = torch.tensor([0, 3])
+    embeddings = 7.5 * torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]], dtype=dtype)  # logits in [-150, 150]
+    return memory, memory_labels, indices, embeddings
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_underflowing_same_class_mass_takes_the_per_set_shift_and_matches_reference(dtype):
+    memory, memory_labels, indices, embeddings = _far_positives_problem(dtype)
+    embeddings.requires_grad_(True)
+    loss, expected, _ = loss_and_reference(memory, memory_labels, indices, embeddings, temperature=0.05)
+    assert expected > 100  # exp of the same-class gap is far below fp32's range
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    loss.backward()
+    assert torch.isfinite(embeddings.grad).all()
+    if dtype == torch.float64:
+        loss_fn = SNCALoss(memory, memory_labels, temperature=0.05)
+        labels = memory_labels[indices]
+        assert torch.autograd.gradcheck(lambda e: loss_fn(e, labels, indices=indices), (embeddings.detach().requires_grad_(True),))
+
+
 def test_logits_near_plus_minus_one_over_t_fp32_match_float64_reference():
     memory, memory_labels, indices, _ = make_problem(num_slots=10, seed=9, dtype=torch.float32)
     # each embedding equals a same-class slot (logit +1/T) or its negative (-1/T)
