@@ -142,8 +142,12 @@ def test_permuting_memory_and_indices_consistently_gives_the_same_loss():
     torch.testing.assert_close(permuted_loss, loss)
     # the wrong indices (same labels, different own slot) do change the loss
     wrong = SNCALoss(permuted, memory_labels[perm], temperature=0.5)
-    shifted = torch.tensor([int(torch.nonzero((memory_labels[perm] == memory_labels[i]) & (torch.arange(12) != inverse[i]))[0])
-                            for i in indices])
+    permuted_labels = memory_labels[perm]
+    other_same_class_slot = [  # a slot of the same class that is not the sample's own
+        int(torch.nonzero((permuted_labels == memory_labels[i]) & (torch.arange(12) != inverse[i]))[0])
+        for i in indices
+    ]
+    shifted = torch.tensor(other_same_class_slot)
     assert not torch.allclose(wrong(embeddings, memory_labels[indices], indices=shifted), loss)
 
 
@@ -195,7 +199,8 @@ def test_underflowing_same_class_mass_takes_the_per_set_shift_and_matches_refere
     if dtype == torch.float64:
         loss_fn = SNCALoss(memory, memory_labels, temperature=0.05)
         labels = memory_labels[indices]
-        assert torch.autograd.gradcheck(lambda e: loss_fn(e, labels, indices=indices), (embeddings.detach().requires_grad_(True),))
+        leaf = embeddings.detach().requires_grad_(True)
+        assert torch.autograd.gradcheck(lambda e: loss_fn(e, labels, indices=indices), (leaf,))
 
 
 def test_logits_near_plus_minus_one_over_t_fp32_match_float64_reference():
