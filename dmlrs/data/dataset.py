@@ -47,6 +47,7 @@ class SceneDataset(Dataset):
         return relpath if self.root is None else self.root / relpath
 
     def __getitem__(self, i: int) -> dict:
+        i = int(i)  # samplers may yield numpy integers; "index" must be a plain int
         if not 0 <= i < len(self.items):
             raise IndexError(f"index {i} out of range for a split of {len(self.items)} images")
         image = self.loader(self.path(i))
