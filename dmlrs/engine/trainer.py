@@ -204,7 +204,7 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.method.after_optimizer_step()
-        return {key: float(value) for key, value in out.items()}
+        return {key: float(value.detach() if torch.is_tensor(value) else value) for key, value in out.items()}
 
     def _extract_train(self, dataset):
         return self.evaluator.extract(dataset, desc="refresh")

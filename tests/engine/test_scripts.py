@@ -42,9 +42,10 @@ def test_script_trains_and_writes_the_run_folder(name, scenes, tmp_path):
     assert "mAP" in report["retrieval_leave_one_out"]
     assert ("hamming" in report) == (name == "CDNE")
     assert ("knn_acc_clean_gallery" in report) == (name == "tRNSL")
-    for checkpoint in ("last.pt", "best.pt"):
-        state = torch.load(run_dir / "checkpoints" / checkpoint, weights_only=True)
-        assert state["epoch"] == 2 and {"method", "model", "optimizer", "scheduler", "rng"} <= set(state)
+    last = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    best = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)
+    assert last["epoch"] == 2 and best["epoch"] == best["best_epoch"] in (1, 2)
+    assert {"method", "model", "optimizer", "scheduler", "scaler", "rng", "manifest_hash"} <= set(last)
 
 
 def test_method_specific_paper_defaults():
