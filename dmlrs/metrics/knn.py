@@ -4,8 +4,8 @@ The RS metric-learning papers (e.g. SNCA-CE, Kang et al. 2020) report the accura
 scikit-learn's ``KNeighborsClassifier(n_neighbors=10, weights="distance")`` with Euclidean
 distance on the (unnormalised) embeddings.  This is the same classifier in chunked torch:
 
-    neighbours N_k(x) = the k training points of smallest ||x - t||_2
-                        (ties at equal distance: lower training index first)
+    neighbours N_k(x) = the k training points of smallest ||x - t||_2 (a tie at the k-th
+                        place is broken arbitrarily, as in scikit-learn)
     weights     w_t = 1 / ||x - t||        ("distance"), or 1 ("uniform");
                 if some neighbour is at distance exactly 0, only the zero-distance
                 neighbours vote, each with weight 1 (scikit-learn's rule)
@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 
 from dmlrs.errors import DmlrsError
-from dmlrs.metrics.retrieval import check_embeddings, check_labels, check_positive_int, descending_score_keys
+from dmlrs.metrics.retrieval import check_embeddings, check_labels, check_positive_int
 
 KNN_WEIGHTS = ("distance", "uniform")
 
@@ -55,8 +55,7 @@ def knn_predict(
         chunk = test[start : start + chunk_size]
         chunk32 = chunk.float()
         approx_sq = chunk32.square().sum(dim=1, keepdim=True) + train_sq - 2.0 * chunk32 @ train32.T  # (C, N)
-        # keys of -distance^2: nearest first, equal distances -> lower training index first
-        neighbours = descending_score_keys(-approx_sq.clamp_min_(0.0)).topk(k, dim=1).indices  # (C, k)
+        neighbours = approx_sq.topk(k, dim=1, largest=False).indices  # (C, k), no full sort
         difference = chunk.double().unsqueeze(1) - train[neighbours].double()  # (C, k, D)
         distance = difference.square().sum(dim=2).sqrt()  # (C, k), exact 0 for duplicates
         votes = torch.zeros(chunk.shape[0], classes.numel(), dtype=torch.float64, device=train.device)

@@ -34,11 +34,11 @@ Scores are mapped to int64 keys that are all distinct within a row and order exa
 the ranking (float bits made order-preserving, times G, plus the reversed gallery index).
 Only the R relevant keys are sorted (``topk``); every gallery item is then located among
 them with ``searchsorted``, which tells how many relevant items precede it, and a
-histogram + cumulative sum of those positions over the irrelevant items gives the 1-based
-rank of each relevant item.  All the metrics above are functions of those ranks:
-``P(rank_m) = m / rank_m`` for the m-th relevant item, and ``sum_{i<=k} rel(i)`` is the
-number of relevant ranks <= k.  Work per query chunk: one matmul, one ``topk`` of R keys,
-one ``searchsorted`` of G keys; memory is O(chunk_size * G).
+histogram + cumulative sum of those counts gives the 1-based rank r_m of each relevant item
+(the number of items preceded by at most m relevant ones).  All the metrics above are
+functions of those ranks: the (m+1)-th relevant item contributes P(r_m) = (m+1) / r_m, and
+``sum_{i<=k} rel(i)`` is the number of r_m <= k.  Work per query chunk: one matmul, one
+``topk`` of R keys, one ``searchsorted`` of G keys into R; memory O(chunk_size * G).
 """
 from __future__ import annotations
 
@@ -145,14 +145,14 @@ def relevant_ranks(keys: torch.Tensor, relevant: torch.Tensor) -> tuple[torch.Te
     # (C, Rmax): relevant keys, descending; rows with fewer relevant items are padded with EXCLUDED_KEY
     relevant_keys = keys.masked_fill(~relevant, EXCLUDED_KEY).topk(r_max, dim=1).values
     ascending = relevant_keys.flip(1).contiguous()
-    # (C, G): how many relevant items are ranked before each item (padding never counts)
-    relevant_before = r_max - torch.searchsorted(ascending, keys.contiguous(), right=True)
-    irrelevant = ~relevant & (keys != EXCLUDED_KEY)
-    # an irrelevant item with p relevant items before it precedes the relevant items m >= p
+    # (C, G): slot s = entries of `ascending` <= the item's key; the item is preceded by Rmax - s
+    # relevant items (padding and the excluded item land in slots meaning "after all R relevant")
+    slot = torch.searchsorted(ascending, keys.contiguous(), right=True)
     histogram = torch.zeros(num_rows, r_max + 1, dtype=torch.long, device=keys.device)
-    histogram.scatter_add_(1, relevant_before, irrelevant.long())
-    irrelevant_before = histogram.cumsum(dim=1)[:, :r_max]  # (C, Rmax)
-    ranks = torch.arange(1, r_max + 1, device=keys.device) + irrelevant_before
+    histogram.scatter_add_(1, slot, torch.ones((), dtype=torch.long, device=keys.device).expand_as(slot))
+    # rank of relevant item m (0-based) = number of items preceded by at most m relevant items
+    # (itself included) = number of items in slots >= Rmax - m
+    ranks = histogram.flip(1).cumsum(dim=1)[:, :r_max]  # (C, Rmax)
     return ranks, num_relevant
 
 
@@ -160,29 +160,31 @@ class RankStats:
     """Per-query quantities derived from the ranks of the relevant items (one chunk).
 
     ranks: (C, Rmax) from :func:`relevant_ranks`; num_relevant: (C,).
-    ``precision_at_hits[c, m] = (m+1) / ranks[c, m]`` (float64), zero on padding.
+    The (m+1)-th relevant item at rank r_m contributes P(r_m) = (m+1) / r_m to the AP sums.
     """
 
     def __init__(self, ranks: torch.Tensor, num_relevant: torch.Tensor):
-        self.ranks = ranks
         self.num_relevant = num_relevant
         position = torch.arange(1, ranks.shape[1] + 1, device=ranks.device)
-        self.valid = position <= num_relevant.unsqueeze(1)  # (C, Rmax) True on real relevant items
-        precision = position.double() / ranks.clamp_min(1).double()
-        self.precision_at_hits = torch.where(self.valid, precision, 0.0)
+        valid = position <= num_relevant.unsqueeze(1)  # (C, Rmax) True on real relevant items
+        # padding pushed to the end so every row is sorted: counting ranks <= k is a searchsorted
+        self.ranks = ranks.masked_fill(~valid, torch.iinfo(torch.int64).max)
+        precision = torch.where(valid, position.double() / ranks.clamp_min(1).double(), 0.0)
+        zero = torch.zeros(ranks.shape[0], 1, dtype=torch.float64, device=ranks.device)
+        self._precision_cumsum = torch.cat([zero, precision.cumsum(dim=1)], dim=1)  # (C, Rmax + 1)
         self._denominator = num_relevant.clamp_min(1).double()
 
     def hits_within(self, cutoff: torch.Tensor | int) -> torch.Tensor:
         """(C,) number of relevant items ranked within ``cutoff`` (an int or a (C,) tensor)."""
-        cutoff = torch.as_tensor(cutoff, device=self.ranks.device).reshape(-1, 1)
-        return (self.valid & (self.ranks <= cutoff)).sum(dim=1)
+        cutoff = torch.as_tensor(cutoff, dtype=torch.long, device=self.ranks.device)
+        cutoff = cutoff.expand(self.ranks.shape[0]).reshape(-1, 1).contiguous()
+        return torch.searchsorted(self.ranks, cutoff, right=True).squeeze(1)
 
     def precision_sum_within(self, cutoff: torch.Tensor | int | None = None) -> torch.Tensor:
         """(C,) float64: sum of P(i) rel(i) over ranks i <= cutoff (None: the full ranking)."""
         if cutoff is None:
-            return self.precision_at_hits.sum(dim=1)
-        cutoff = torch.as_tensor(cutoff, device=self.ranks.device).reshape(-1, 1)
-        return (self.precision_at_hits * (self.ranks <= cutoff)).sum(dim=1)
+            return self._precision_cumsum[:, -1]
+        return self._precision_cumsum.gather(1, self.hits_within(cutoff).unsqueeze(1)).squeeze(1)
 
     def average_precision(self) -> torch.Tensor:
         return self.precision_sum_within(None) / self._denominator
