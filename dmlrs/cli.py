@@ -28,6 +28,9 @@ from dmlrs.models import BACKBONES, build_model
 
 BuildMethod = Callable[[argparse.Namespace, object], Method]
 
+PAPER_BATCH_SIZE = 256
+DEMO_BATCH_SIZE = 64  # the demo's 420 training images would make one step per epoch at 256
+
 
 def positive_int(text: str) -> int:
     value = int(text)
@@ -82,7 +85,8 @@ def base_parser() -> argparse.ArgumentParser:
     loss.add_argument("--temperature", type=positive_float, default=0.05, help="softmax temperature T")
     loss.add_argument("--margin", type=non_negative_float, default=0.0, help="loss margin")
     optim = parser.add_argument_group("optimisation (paper defaults)")
-    optim.add_argument("-b", "--batch-size", "--batch_size", dest="batch_size", type=positive_int, default=256)
+    optim.add_argument("-b", "--batch-size", "--batch_size", dest="batch_size", type=positive_int, default=None,
+                       help=f"images per batch (default: {PAPER_BATCH_SIZE}, the papers'; {DEMO_BATCH_SIZE} for --dataset demo)")
     optim.add_argument("--epochs", type=positive_int, default=130)
     optim.add_argument("--lr", type=positive_float, default=0.1)
     optim.add_argument("--momentum", type=non_negative_float, default=0.9, help="SGD momentum")
@@ -129,14 +133,18 @@ def make_parser(description: str | None, add_arguments: Callable[[argparse.Argum
     return parser
 
 
-def resolved_weights(args: argparse.Namespace) -> str:
-    if args.weights is not None:
-        return args.weights
-    return "none" if str(args.dataset).lower() == "demo" else "imagenet"
+def resolve_dataset_defaults(args: argparse.Namespace) -> None:
+    """Fill the flags whose default depends on the dataset (recorded resolved in config.json):
+    the demo data trains from scratch (no ImageNet weights offline) on smaller batches."""
+    demo = str(args.dataset).lower() == "demo"
+    if args.weights is None:
+        args.weights = "none" if demo else "imagenet"
+    if args.batch_size is None:
+        args.batch_size = DEMO_BATCH_SIZE if demo else PAPER_BATCH_SIZE
 
 
 def model_from_args(args: argparse.Namespace, *, num_classes: int | None = None, head: str = "embedding"):
-    return build_model(args.model, args.dim, weights=resolved_weights(args), num_classes=num_classes,
+    return build_model(args.model, args.dim, weights=args.weights, num_classes=num_classes,
                        head=head, channels_last=args.channels_last)
 
 
@@ -186,6 +194,7 @@ def _saved_run_settings(args: argparse.Namespace) -> dict:
 
 
 def run(method_name: str, args: argparse.Namespace, build_method: BuildMethod) -> int:
+    resolve_dataset_defaults(args)
     settings = {**vars(args), "method": method_name}
     label = dataset_label(args.dataset)
     run_dir, checkpoint = _resume_target(args, method_name, label, settings)

@@ -63,3 +63,18 @@ def test_method_specific_paper_defaults():
     assert parsed("CDNE").dim == 64 and parsed("CDNE").memory == "bank"
     args = parsed("SNCA_CE", "--data", "D", "--dataset", "ucmerced", "--imgEXT", "tif", "-b", "32")
     assert (args.data, args.dataset, args.batch_size, args.epochs, args.lr) == ("D", "ucmerced", 32, 130, 0.1)
+
+
+@pytest.mark.parametrize("dataset, batch_size, weights", [("demo", 64, "none"), ("AID", 256, "imagenet")])
+def test_dataset_dependent_defaults_are_resolved_into_the_arguments(dataset, batch_size, weights):
+    from dmlrs import cli
+    from tests.engine.scripts import load_script
+
+    module = load_script("SNCA_CE")
+    parser = cli.make_parser(module.__doc__, module.add_arguments, module.DEFAULTS)
+    args = parser.parse_args(["--dataset", dataset])
+    cli.resolve_dataset_defaults(args)
+    assert (args.batch_size, args.weights) == (batch_size, weights)
+    args = parser.parse_args(["--dataset", dataset, "-b", "8", "--weights", "w.pth"])
+    cli.resolve_dataset_defaults(args)
+    assert (args.batch_size, args.weights) == (8, "w.pth")
