@@ -12,8 +12,8 @@ distance on the (unnormalised) embeddings.  This is the same classifier in chunk
     prediction  argmax_c sum_{t in N_k(x), y_t = c} w_t   (equal votes: smallest label wins,
                 as scikit-learn's argmax over its sorted ``classes_``)
 
-Neighbours are selected with ``topk`` on ||x||^2 + ||t||^2 - 2 x.t (one matmul per chunk of
-test points, no full sort); the distances of the k selected pairs are then recomputed exactly
+Neighbours are selected with ``topk`` on ||t||^2 - 2 x.t (one addmm per chunk of test
+points, no full sort); the distances of the k selected pairs are then recomputed exactly
 as ||x - t|| in float64, so duplicates get distance exactly 0.  ``k`` larger than the training
 set uses the whole training set (scikit-learn would raise instead).
 """
@@ -53,9 +53,9 @@ def knn_predict(
     predictions = []
     for start in range(0, test.shape[0], chunk_size):
         chunk = test[start : start + chunk_size]
-        chunk32 = chunk.float()
-        approx_sq = chunk32.square().sum(dim=1, keepdim=True) + train_sq - 2.0 * chunk32 @ train32.T  # (C, N)
-        neighbours = approx_sq.topk(k, dim=1, largest=False).indices  # (C, k), no full sort
+        # (C, N): ||t||^2 - 2 x.t = ||x - t||^2 - ||x||^2, the same order along each row
+        shifted_sq = torch.addmm(train_sq.unsqueeze(0), chunk.float(), train32.T, alpha=-2.0)
+        neighbours = shifted_sq.topk(k, dim=1, largest=False).indices  # (C, k), no full sort
         difference = chunk.double().unsqueeze(1) - train[neighbours].double()  # (C, k, D)
         distance = difference.square().sum(dim=2).sqrt()  # (C, k), exact 0 for duplicates
         votes = torch.zeros(chunk.shape[0], classes.numel(), dtype=torch.float64, device=train.device)
