@@ -62,11 +62,11 @@ def test_method_specific_paper_defaults():
     assert parsed("SRL").model == "resnet50" and parsed("SRL").alpha == 1.2
     assert parsed("CDNE").dim == 64 and parsed("CDNE").memory == "bank"
     args = parsed("SNCA_CE", "--data", "D", "--dataset", "ucmerced", "--imgEXT", "tif", "-b", "32")
-    assert (args.data, args.dataset, args.batch_size, args.epochs, args.lr) == ("D", "ucmerced", 32, 130, 0.1)
+    assert (args.data, args.dataset, args.batch_size, args.epochs) == ("D", "ucmerced", 32, 130)
 
 
-@pytest.mark.parametrize("dataset, batch_size, weights", [("demo", 64, "none"), ("AID", 256, "imagenet")])
-def test_dataset_dependent_defaults_are_resolved_into_the_arguments(dataset, batch_size, weights):
+@pytest.mark.parametrize("dataset, batch_size, weights, lr", [("demo", 64, "none", 0.01), ("AID", 256, "imagenet", 0.1)])
+def test_dataset_dependent_defaults_are_resolved_into_the_arguments(dataset, batch_size, weights, lr):
     from dmlrs import cli
     from tests.engine.scripts import load_script
 
@@ -74,7 +74,7 @@ def test_dataset_dependent_defaults_are_resolved_into_the_arguments(dataset, bat
     parser = cli.make_parser(module.__doc__, module.add_arguments, module.DEFAULTS)
     args = parser.parse_args(["--dataset", dataset])
     cli.resolve_dataset_defaults(args)
-    assert (args.batch_size, args.weights) == (batch_size, weights)
-    args = parser.parse_args(["--dataset", dataset, "-b", "8", "--weights", "w.pth"])
+    assert (args.batch_size, args.weights, args.lr) == (batch_size, weights, lr)
+    args = parser.parse_args(["--dataset", dataset, "-b", "8", "--weights", "w.pth", "--lr", "0.5"])
     cli.resolve_dataset_defaults(args)
-    assert (args.batch_size, args.weights) == (8, "w.pth")
+    assert (args.batch_size, args.weights, args.lr) == (8, "w.pth", 0.5)
