@@ -15,7 +15,7 @@ from typing import Callable
 
 import torch
 
-from dmlrs.data import build_data, get_spec
+from dmlrs.data import build_data, get_spec, save_manifest
 from dmlrs.engine import run_folder
 from dmlrs.engine.checkpoint import load_checkpoint
 from dmlrs.engine.config import SELECT_METRICS, TrainConfig
@@ -125,6 +125,13 @@ def add_memory_arguments(group) -> None:
                        help="decay of the momentum (EMA) encoder that fills the memory in the MU variant")
 
 
+def add_snca_ce_arguments(group) -> None:
+    """Flags of SNCA-CE, shared by its MB and MU scripts."""
+    group.add_argument("--lambda_", "--lambda", dest="lambda_", type=float, default=1.0,
+                       help="weight of the cross-entropy term")
+    add_memory_arguments(group)
+
+
 def make_parser(description: str | None, add_arguments: Callable[[argparse.ArgumentParser], None] | None,
                 defaults: dict | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description, parents=[base_parser()],
@@ -223,7 +230,7 @@ def run(method_name: str, args: argparse.Namespace, build_method: BuildMethod) -
         run_folder.write_json(config_path, {"method": method_name, "args": vars(args),
                                             "fingerprint": run_folder.fingerprint(settings),
                                             "environment": run_folder.environment_info()})
-        run_folder.write_json(run_dir / "split.json", data.manifest)
+        save_manifest(data.manifest, run_dir / "split.json")
     trainer = Trainer(method, data, train_config(args), run_dir, tensorboard=args.tensorboard)
     print(f"run folder: {run_dir}", flush=True)
     if args.evaluate:

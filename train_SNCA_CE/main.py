@@ -14,11 +14,7 @@ from dmlrs.methods.snca_ce import SNCACE  # noqa: E402
 #: paper defaults that differ from the shared ones in dmlrs/cli.py
 DEFAULTS = {}
 
-
-def add_arguments(group):
-    group.add_argument("--lambda_", "--lambda", dest="lambda_", type=float, default=1.0,
-                       help="weight of the cross-entropy term")
-    cli.add_memory_arguments(group)
+add_arguments = cli.add_snca_ce_arguments
 
 
 def build(args, data):

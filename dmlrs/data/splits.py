@@ -35,14 +35,13 @@ import hashlib
 import json
 import logging
 import math
-import os
-import tempfile
 import warnings
 from pathlib import Path, PurePosixPath
 from typing import Iterable, Sequence
 
 import numpy as np
 
+from dmlrs.atomic import atomic_open
 from dmlrs.errors import DmlrsError
 
 logger = logging.getLogger(__name__)
@@ -206,18 +205,9 @@ def manifest_hash(manifest: dict) -> str:
 def save_manifest(manifest: dict, path: str | Path) -> Path:
     """Write ``manifest`` as JSON atomically (temp file in the same folder, fsync, rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(manifest, fh, indent=1)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "w", encoding="utf-8") as fh:
+        json.dump(manifest, fh, indent=1)
+        fh.write("\n")
     return path
 
 

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+from dmlrs.atomic import atomic_open
 
 #: Settings that do not change what a run computes (excluded from the fingerprint).
 RUNTIME_ONLY = ("resume", "evaluate", "out", "num_workers", "progress", "device", "epochs", "eval_every")
@@ -59,12 +59,9 @@ def find_resumable_run(out: str | Path, method: str, dataset: str, settings: dic
 
 def write_json(path: str | Path, payload) -> None:
     """Atomic JSON write (sorted keys, so identical results give identical files)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+    with atomic_open(path, "w", encoding="utf-8") as handle:
         json.dump(payload, handle, indent=2, sort_keys=True)
         handle.write("\n")
-    os.replace(tmp, path)
 
 
 def environment_info() -> dict:
