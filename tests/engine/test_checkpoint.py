@@ -46,3 +46,13 @@ def test_unreadable_or_foreign_checkpoints_raise_clear_errors(tmp_path, content)
         ckpt.load_checkpoint(path)
     with pytest.raises(DmlrsError, match="not found"):
         ckpt.load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_atomic_files_get_the_permissions_of_a_plain_open(tmp_path):
+    from dmlrs.atomic import atomic_open
+
+    with open(tmp_path / "plain", "w") as handle:
+        handle.write("x")
+    with atomic_open(tmp_path / "atomic", "w") as handle:
+        handle.write("x")
+    assert (tmp_path / "atomic").stat().st_mode == (tmp_path / "plain").stat().st_mode
