@@ -78,3 +78,15 @@ def test_dataset_dependent_defaults_are_resolved_into_the_arguments(dataset, bat
     args = parser.parse_args(["--dataset", dataset, "-b", "8", "--weights", "w.pth", "--lr", "0.5"])
     cli.resolve_dataset_defaults(args)
     assert (args.batch_size, args.weights, args.lr) == (8, "w.pth", 0.5)
+
+
+def test_amp_channels_last_and_tensorboard_on_cpu(scenes, tmp_path):
+    out = tmp_path / "runs"
+    argv = ["--dataset", str(scenes), "--epochs", "1", "--steps-per-epoch", "2", "--out", str(out),
+            *[a for a in FAST if a != "--no-tensorboard"], "--amp", "--channels-last"]
+    assert run_script("SNCA_CE", argv) == 0  # bf16 autocast on CPU; losses switch back to fp32
+    run_dir = only_run_dir(out)
+    (line,) = [json.loads(text) for text in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert set(line["train"]) == {"loss", "snca", "ce"} and line["memory_momentum"] == 0.5
+    assert all(torch.isfinite(torch.tensor(v)) for v in line["train"].values())
+    assert list((run_dir / "tb").glob("events.out.tfevents.*"))
