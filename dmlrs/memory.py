@@ -122,6 +122,14 @@ class MemoryBank(nn.Module):
         indices: (B,) long; features: (B, d) normalised embeddings (cast to the slots' dtype).
         Slots not in ``indices`` are untouched; duplicates are averaged first (see class doc).
         """
+        self._blend(indices, features, self.momentum_value.to(self.slots.dtype))
+
+    @torch.no_grad()
+    def replace(self, indices: torch.Tensor, features: torch.Tensor) -> None:
+        """``m_i <- normalize(f_i)`` (memory "MU" variant): ``update`` with momentum 0."""
+        self._blend(indices, features, 0.0)
+
+    def _blend(self, indices: torch.Tensor, features: torch.Tensor, mu) -> None:
         indices = indices.reshape(-1).to(self.slots.device)
         self._check_batch(indices, features)
         features = features.detach().to(self.slots.dtype)
@@ -130,21 +138,8 @@ class MemoryBank(nn.Module):
         summed = torch.zeros(unique.numel(), self.dim, dtype=self.slots.dtype, device=self.slots.device)
         summed.index_add_(0, inverse, features)
         counts = torch.bincount(inverse, minlength=unique.numel()).to(self.slots.dtype)
-        mean_features = summed / counts[:, None]
-        mu = self.momentum_value.to(self.slots.dtype)
-        mixed = mu * self.slots[unique] + (1 - mu) * mean_features
+        mixed = mu * self.slots[unique] + (1 - mu) * (summed / counts[:, None])
         self.slots[unique] = F.normalize(mixed, dim=1)
-
-    @torch.no_grad()
-    def replace(self, indices: torch.Tensor, features: torch.Tensor) -> None:
-        """``m_i <- normalize(f_i)`` (memory "MU" variant); duplicates are averaged first."""
-        indices = indices.reshape(-1).to(self.slots.device)
-        self._check_batch(indices, features)
-        features = features.detach().to(self.slots.dtype)
-        unique, inverse = torch.unique(indices, return_inverse=True)
-        summed = torch.zeros(unique.numel(), self.dim, dtype=self.slots.dtype, device=self.slots.device)
-        summed.index_add_(0, inverse, features)
-        self.slots[unique] = F.normalize(summed, dim=1)  # normalising the sum = normalising the mean
 
     def extra_repr(self) -> str:
         return f"num_samples={self.num_samples}, dim={self.dim}, momentum={self.momentum}, schedule={self.schedule}"
