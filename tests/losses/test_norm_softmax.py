@@ -141,12 +141,12 @@ def test_finite_in_fp32_with_logits_at_plus_minus_one_over_temperature(margin):
     assert loss.logits(emb).abs().max().item() == pytest.approx(20.0, rel=1e-5)
 
 
-def test_bf16_autocast_on_cpu_is_finite_and_close_to_fp32():
-    torch.manual_seed(4)
+def assert_bf16_autocast_close_to_fp32(loss, seed):
+    """Under CPU bf16 autocast the loss sees bf16 embeddings, returns fp32, stays near fp32's value."""
+    torch.manual_seed(seed)
     layer = torch.nn.Linear(8, 5)
     inputs = torch.randn(6, 8)
     labels = torch.tensor([0, 1, 2, 3, 0, 1])
-    loss = NormSoftmaxLoss(4, 5, margin=0.5)
     reference = loss(layer(inputs), labels)
     with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
         embeddings = layer(inputs)
@@ -154,6 +154,10 @@ def test_bf16_autocast_on_cpu_is_finite_and_close_to_fp32():
         value = loss(embeddings, labels)
     assert value.dtype == torch.float32 and torch.isfinite(value)
     assert value.item() == pytest.approx(reference.item(), rel=5e-2)
+
+
+def test_bf16_autocast_on_cpu_is_finite_and_close_to_fp32():
+    assert_bf16_autocast_close_to_fp32(NormSoftmaxLoss(4, 5, margin=0.5), seed=4)
 
 
 def test_one_sample_and_one_class():

@@ -5,7 +5,7 @@ from torch.func import functional_call
 
 from dmlrs.errors import DmlrsError
 from dmlrs.losses.trnsl import RobustNormSoftmaxLoss
-from tests.losses.test_norm_softmax import reference_cosines
+from tests.losses.test_norm_softmax import assert_bf16_autocast_close_to_fp32, reference_cosines
 
 
 def reference_label_probs(embeddings, prototypes, labels, temperature):
@@ -183,18 +183,7 @@ def test_finite_in_fp32_with_logits_at_plus_minus_one_over_temperature(truncated
 
 
 def test_bf16_autocast_on_cpu_is_finite_and_close_to_fp32():
-    torch.manual_seed(9)
-    layer = torch.nn.Linear(8, 5)
-    inputs = torch.randn(6, 8)
-    labels = torch.tensor([0, 1, 2, 3, 0, 1])
-    loss = RobustNormSoftmaxLoss(4, 5, 6, truncated=False)
-    reference = loss(layer(inputs), labels)
-    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
-        embeddings = layer(inputs)
-        assert embeddings.dtype == torch.bfloat16
-        value = loss(embeddings, labels)
-    assert value.dtype == torch.float32 and torch.isfinite(value)
-    assert value.item() == pytest.approx(reference.item(), rel=5e-2)
+    assert_bf16_autocast_close_to_fp32(RobustNormSoftmaxLoss(4, 5, 6, truncated=False), seed=9)
 
 
 def test_weights_travel_in_the_state_dict():
