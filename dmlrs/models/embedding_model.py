@@ -2,8 +2,9 @@
 
 ``forward(images)`` with ``images: (B, 3, H, W)`` returns a dict:
 
-* ``"features"``  ``(B, dim)`` - un-normalised head output ``f`` (for ``head="hash"`` the
-  relaxed codes ``tanh(.)``; the Hamming metrics binarise these with ``sign``).
+* ``"features"``  ``(B, dim)`` - un-normalised head output ``f`` (the relaxed codes of
+  a hashing method: raw for CDNE as the original, ``tanh(.)`` with ``head="hash"``; the Hamming
+  metrics binarise them).
 * ``"embedding"`` ``(B, dim)`` - ``f / max(||f||_2, eps)``, unit norm, always float32 (the
   norm is taken in float32 so fp16/bf16 autocast cannot overflow the squared sum); this is
   what retrieval and the temperature-scaled losses use.
@@ -30,7 +31,7 @@ class EmbeddingModel(nn.Module):
 
     def __init__(self, backbone: nn.Module, *, backbone_name: str, feature_dim: int, dim: int,
                  head: str = "embedding", num_classes: int | None = None,
-                 channels_last: bool = False) -> None:
+                 channels_last: bool = False, standardize: bool = False) -> None:
         super().__init__()
         self.backbone_name = backbone_name
         self.feature_dim = feature_dim
@@ -39,7 +40,8 @@ class EmbeddingModel(nn.Module):
         self.num_classes = num_classes
         self.channels_last = channels_last
         self.backbone = backbone
-        self.projection = HEADS[head](feature_dim, dim)
+        self.standardize = standardize
+        self.projection = HEADS[head](feature_dim, dim, standardize=standardize)
         self.classifier = ClassHead(dim, num_classes) if num_classes is not None else None
 
     def _head_output(self, images: torch.Tensor) -> torch.Tensor:
@@ -64,4 +66,5 @@ class EmbeddingModel(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"backbone_name={self.backbone_name!r}, feature_dim={self.feature_dim}, "
-                f"dim={self.dim}, head={self.head!r}, num_classes={self.num_classes}")
+                f"dim={self.dim}, head={self.head!r}, num_classes={self.num_classes}, "
+                f"standardize={self.standardize}")

@@ -14,11 +14,12 @@ from dmlrs.models.weights import load_initial_weights
 
 def build_model(backbone: str = "resnet18", dim: int = 128, *, weights: str | Path | None = "none",
                 num_classes: int | None = None, head: str = "embedding",
-                channels_last: bool = False) -> EmbeddingModel:
+                channels_last: bool = False, standardize: bool = False) -> EmbeddingModel:
     """Backbone (``resnet18`` | ``resnet50`` | ``vgg16``) + ``head`` (``embedding`` | ``hash``)
     with output size ``dim`` (+ a class head when ``num_classes`` is given), initialised from
     ``weights`` (``"none"`` | ``"imagenet"`` | a file path, see ``dmlrs.models.weights``).
 
+    ``standardize=True`` adds HR-S2DML's parameter-free LayerNorm before the head's linear layer.
     ``channels_last=True`` stores the parameters in NHWC order and converts inputs in
     ``forward`` (faster convolutions on tensor-core GPUs, same results).
     """
@@ -31,7 +32,8 @@ def build_model(backbone: str = "resnet18", dim: int = 128, *, weights: str | Pa
                                     or num_classes < 1):
         raise DmlrsError(f"num_classes must be a positive integer or None, got {num_classes!r}")
     model = EmbeddingModel(spec.build(), backbone_name=spec.name, feature_dim=spec.feature_dim,
-                           dim=dim, head=head, num_classes=num_classes, channels_last=channels_last)
+                           dim=dim, head=head, num_classes=num_classes, channels_last=channels_last,
+                           standardize=standardize)
     load_initial_weights(model, weights)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
