@@ -97,7 +97,7 @@ BACKBONES: dict[str, BackboneSpec] = {
 def backbone_spec(name: str) -> BackboneSpec:
     """The spec for ``name``; unknown names raise DmlrsError listing the choices."""
     if name not in BACKBONES:
-        raise DmlrsError(f"unknown --backbone {name!r}; choose one of {', '.join(BACKBONES)}")
+        raise DmlrsError(f"unknown --model {name!r}; choose one of {', '.join(BACKBONES)}")
     return BACKBONES[name]
 
 

@@ -2,18 +2,24 @@
 
 * ``"none"``: keep the random initialisation.
 * ``"imagenet"``: torchvision's ImageNet-1k weights (``IMAGENET1K_V1`` for every backbone: the
-  original release the papers used) read from the torch hub cache,
-  ``torch.hub.get_dir()/checkpoints/<file name of the weights URL>`` (``$TORCH_HOME/hub/...``).
-  Nothing is ever downloaded: a missing file raises ``DmlrsError`` with the exact path and URL.
+  original release the papers used), fetched through torchvision's weights API like the original
+  scripts' ``pretrained=True``: read from the torch hub cache,
+  ``torch.hub.get_dir()/checkpoints/<file name of the weights URL>`` (``$TORCH_HOME/hub/...``),
+  and downloaded there (with torchvision's progress bar and SHA-256 prefix check) when absent.
+  A failed download (offline, HTTP error, truncated file, hash mismatch) raises one
+  ``DmlrsError`` with the reason, the exact cache path, the URL and the alternatives; a cached
+  file that cannot be read raises one naming that file (delete it to download it again).
 * ``PATH``: either a torchvision state dict (keys like ``conv1.weight``; the ImageNet classifier
   ``fc.*`` / ``classifier.*`` is ignored; loads into the backbone), or a dmlrs checkpoint (a dict
   whose ``"model"`` entry is an ``EmbeddingModel`` state dict; loads into the whole model), or a
   bare ``EmbeddingModel`` state dict (keys ``backbone.*``). A ``module.`` prefix (from
   ``DataParallel``/DDP) is stripped.
 
-Every file is read with ``torch.load(path, map_location="cpu", weights_only=True)``. Keys or
-shapes that do not match raise ``DmlrsError`` naming the file, what the file looks like (which
-backbone, which ``dim``/``num_classes``) and the first differing keys.
+Every file is read with ``torch.load(path, map_location="cpu", weights_only=True)`` (for the
+ImageNet files this is passed explicitly: ``torch.hub.load_state_dict_from_url``, which
+torchvision uses, defaults to ``weights_only=False``). Keys or shapes that do not match raise
+``DmlrsError`` naming the file, what the file looks like (which backbone, which
+``dim``/``num_classes``) and the first differing keys.
 """
 from __future__ import annotations
 
@@ -33,7 +39,8 @@ MAX_KEYS_SHOWN = 3
 
 
 def imagenet_weights_path(backbone: str) -> Path:
-    """Where the ImageNet weights of ``backbone`` must be: the torch hub checkpoint cache."""
+    """Where the ImageNet weights of ``backbone`` are cached (and downloaded to): the torch hub
+    checkpoint cache, ``torch.hub.get_dir()/checkpoints/<file name of the URL>``."""
     url = backbone_spec(backbone).imagenet_weights.url
     return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name
 
@@ -50,15 +57,33 @@ def load_initial_weights(model: nn.Module, weights: str | Path | None) -> None:
 
 
 def _load_imagenet(model: nn.Module) -> None:
-    path = imagenet_weights_path(model.backbone_name)
-    if not path.is_file():
-        url = backbone_spec(model.backbone_name).imagenet_weights.url
+    """torchvision's ImageNet weights: the hub cache, downloaded there first when absent."""
+    backbone = model.backbone_name
+    entry = backbone_spec(backbone).imagenet_weights
+    path = imagenet_weights_path(backbone)
+    try:
+        # As torchvision's ``pretrained=True`` does (``check_hash=True``, progress bar), plus an
+        # explicit weights_only=True: torch.hub's loader defaults to weights_only=False.
+        content = entry.get_state_dict(model_dir=str(path.parent), file_name=path.name,
+                                       progress=True, check_hash=True, map_location="cpu",
+                                       weights_only=True)
+    except Exception as exc:  # URLError/HTTPError/OSError, IncompleteRead, hash RuntimeError, ...
+        reason = _brief(exc)
+        if path.exists():  # the cached (or just downloaded) file is there but unreadable
+            raise DmlrsError(
+                f"--weights imagenet: cannot read the cached ImageNet weights for {backbone} at "
+                f"{path} with torch.load(weights_only=True) ({reason}): the file is damaged or "
+                f"incomplete. Delete it so it is downloaded again from {entry.url}, or pass "
+                "--weights none (random init) or --weights PATH.") from exc
         raise DmlrsError(
-            f"--weights imagenet: the ImageNet weights for {model.backbone_name} are not at {path} "
-            f"and dmlrs never downloads. Put the file from {url} at exactly that path "
-            f"(or set TORCH_HOME), or pass --weights none (random init) or --weights PATH.")
-    state = _read_state_file(path, "--weights imagenet")
-    _load_into_backbone(model, _strip_module_prefix(state), path)
+            f"--weights imagenet: downloading the ImageNet weights for {backbone} failed "
+            f"({reason}). Put the file from {entry.url} at exactly {path} (or set TORCH_HOME to "
+            "a folder whose hub/checkpoints/ holds it), or pass --weights none (random init) or "
+            "--weights PATH.") from exc
+    if not isinstance(content, dict):
+        raise DmlrsError(f"--weights imagenet: {path} holds a {type(content).__name__}, not a "
+                         "state dict; delete it so it is downloaded again")
+    _load_into_backbone(model, _strip_module_prefix(content), path)
 
 
 def _load_file(model: nn.Module, path: Path) -> None:
@@ -115,7 +140,7 @@ def _load_into_model(model: nn.Module, state: dict, path: Path) -> None:
         raise DmlrsError(
             f"--weights {path}: this dmlrs model does not fit the one being built "
             f"({model.backbone_name}, dim {model.dim}, num_classes {model.num_classes}); the file "
-            f"holds {_describe_model_state(state)}. {problem} Use matching --backbone/--dim, or "
+            f"holds {_describe_model_state(state)}. {problem} Use matching --model/--dim, or "
             "load only a backbone from a torchvision state dict.")
     model.load_state_dict(state, strict=False)  # completeness checked by _mismatch
 
@@ -166,6 +191,12 @@ def _strip_module_prefix(state: dict) -> dict:
     if state and all(key.startswith("module.") for key in state):
         return {key[len("module."):]: value for key, value in state.items()}
     return state
+
+
+def _brief(exc: BaseException, limit: int = 200) -> str:
+    """``ExcType: message`` on one line, cut to ``limit`` characters."""
+    text = " ".join(f"{exc.__class__.__name__}: {exc}".split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _first(items) -> str:

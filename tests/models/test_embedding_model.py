@@ -143,7 +143,7 @@ def test_vgg16_trunk_has_no_fc_layers():
 
 
 @pytest.mark.parametrize("kwargs, flag", [
-    ({"backbone": "resnet34"}, "--backbone"),
+    ({"backbone": "resnet34"}, "--model"),
     ({"head": "arcface"}, "head"),
     ({"dim": 0}, "--dim"),
     ({"num_classes": 0}, "num_classes"),

@@ -1,12 +1,27 @@
-"""--weights imagenet | none | PATH: offline cache, state dicts, dmlrs checkpoints, clear errors."""
+"""--weights imagenet | none | PATH: hub cache/download, state dicts, checkpoints, clear errors.
+
+No test touches the network: ``no_network`` (autouse) makes every way out (torch.hub's downloader
+and ``urlopen``, ``urllib``, sockets) fail the test; tests that exercise the download replace
+the downloader or ``urlopen`` with local fakes.
+"""
+import http.client
+import io
+import socket
+import urllib.error
+import urllib.request
+
 import pytest
 import torch
+import torch.hub
 import torchvision
 
 from dmlrs.errors import DmlrsError
 from dmlrs.models import build_model, imagenet_weights_path
 
 DIM = 8
+REAL_DOWNLOAD = torch.hub.download_url_to_file  # before no_network replaces it
+RESNET18_URL = "https://download.pytorch.org/models/resnet18-f37072fd.pth"
+RESNET18_FILE = "resnet18-f37072fd.pth"
 
 
 @pytest.fixture(scope="module")
@@ -14,6 +29,20 @@ def torchvision_resnet18_state():
     """A freshly initialised torchvision resnet18 state dict, ImageNet classifier included."""
     torch.manual_seed(123)
     return torchvision.models.resnet18().state_dict()
+
+
+def _network_used(*args, **kwargs):
+    pytest.fail(f"a test tried to reach the network: {args!r} {kwargs!r}")
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    """Fail the test on any download attempt (tests may override these with fakes)."""
+    monkeypatch.setattr(torch.hub, "download_url_to_file", _network_used)
+    monkeypatch.setattr(torch.hub, "urlopen", _network_used)
+    monkeypatch.setattr(urllib.request, "urlopen", _network_used)
+    monkeypatch.setattr(socket, "create_connection", _network_used)
+    monkeypatch.setattr(socket.socket, "connect", _network_used)
 
 
 @pytest.fixture
@@ -33,30 +62,128 @@ def test_none_keeps_random_init_and_differs_from_file(torchvision_resnet18_state
     assert not torch.equal(model.backbone.conv1.weight, torchvision_resnet18_state["conv1.weight"])
 
 
-def test_imagenet_missing_from_cache_names_path_and_url(empty_torch_home):
-    expected = empty_torch_home / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+def _offline(url, dst, hash_prefix=None, progress=True):
+    raise urllib.error.URLError("offline")
+
+
+def test_imagenet_offline_names_path_url_and_alternatives(empty_torch_home, monkeypatch):
+    expected = empty_torch_home / "hub" / "checkpoints" / RESNET18_FILE
     assert imagenet_weights_path("resnet18") == expected
+    monkeypatch.setattr(torch.hub, "download_url_to_file", _offline)
     with pytest.raises(DmlrsError) as error:
         build_model("resnet18", DIM, weights="imagenet")
     message = str(error.value)
+    assert "downloading" in message and "failed" in message and "offline" in message
     assert str(expected) in message
-    assert "https://download.pytorch.org/models/resnet18-f37072fd.pth" in message
-    assert "--weights none" in message and "--weights PATH" in message
-    assert not expected.exists()  # nothing was downloaded
+    assert RESNET18_URL in message
+    assert "--weights none" in message and "--weights PATH" in message and "TORCH_HOME" in message
+    assert isinstance(error.value.__cause__, urllib.error.URLError)
+    assert not expected.exists()
+
+
+def test_imagenet_download_uses_progress_bar_and_hash_check(empty_torch_home, monkeypatch,
+                                                            torchvision_resnet18_state):
+    calls = []
+
+    def fake_download(url, dst, hash_prefix=None, progress=True):
+        calls.append({"url": url, "dst": dst, "hash_prefix": hash_prefix, "progress": progress})
+        torch.save(torchvision_resnet18_state, dst)
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", fake_download)
+    model = build_model("resnet18", DIM, weights="imagenet")
+    path = imagenet_weights_path("resnet18")
+    assert calls == [{"url": RESNET18_URL, "dst": str(path), "hash_prefix": "f37072fd",
+                      "progress": True}]
+    _assert_backbone_holds(model, torchvision_resnet18_state)
+    # The second time the cached file is used; no_network's downloader fails the test if called.
+    monkeypatch.setattr(torch.hub, "download_url_to_file", _network_used)
+    _assert_backbone_holds(build_model("resnet18", DIM, weights="imagenet"),
+                           torchvision_resnet18_state)
+
+
+class _FakeResponse:
+    """Stands in for ``urlopen``'s response: the bytes of ``payload``, maybe cut short."""
+
+    def __init__(self, payload: bytes, truncate_at: int | None = None):
+        self._stream = io.BytesIO(payload)
+        self._size = len(payload)
+        self._truncate_at = truncate_at
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def info(self):
+        message = http.client.HTTPMessage()
+        message["Content-Length"] = str(self._size)
+        return message
+
+    def read(self, size=-1):
+        if self._truncate_at is not None and self._stream.tell() >= self._truncate_at:
+            raise http.client.IncompleteRead(b"", self._size - self._stream.tell())
+        if self._truncate_at is not None:
+            size = min(size, self._truncate_at - self._stream.tell())
+        return self._stream.read(size)
+
+
+@pytest.mark.parametrize("truncated", [False, True], ids=["hash-mismatch", "truncated"])
+def test_imagenet_bad_download_is_a_clear_error(empty_torch_home, monkeypatch,
+                                                torchvision_resnet18_state, truncated):
+    """torch.hub's real downloader runs on fake bytes: its SHA-256 prefix check (the random
+    weights do not hash to f37072fd) or a connection cut mid-file end in one DmlrsError."""
+    buffer = io.BytesIO()
+    torch.save(torchvision_resnet18_state, buffer)
+    payload = buffer.getvalue()
+    response = _FakeResponse(payload, truncate_at=len(payload) // 2 if truncated else None)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", REAL_DOWNLOAD)
+    monkeypatch.setattr(torch.hub, "urlopen", lambda request, *args, **kwargs: response)
+    with pytest.raises(DmlrsError) as error:
+        build_model("resnet18", DIM, weights="imagenet")
+    message = str(error.value)
+    path = imagenet_weights_path("resnet18")
+    assert "downloading" in message and "failed" in message
+    assert ("IncompleteRead" if truncated else "invalid hash value") in message
+    assert str(path) in message and RESNET18_URL in message and "--weights none" in message
+    assert list(path.parent.iterdir()) == []  # no partial or unchecked file left behind
+
+
+def test_imagenet_loads_from_cache_without_network(empty_torch_home, torchvision_resnet18_state):
+    path = imagenet_weights_path("resnet18")
+    assert path.name == RESNET18_FILE
+    path.parent.mkdir(parents=True)
+    torch.save(torchvision_resnet18_state, path)
+    model = build_model("resnet18", DIM, weights="imagenet")  # no_network fails on any download
+    _assert_backbone_holds(model, torchvision_resnet18_state)
+
+
+@pytest.mark.parametrize("content", ["garbage", "truncated", "pickled-module"])
+def test_imagenet_corrupt_cache_file_is_named(empty_torch_home, torchvision_resnet18_state,
+                                               content):
+    path = imagenet_weights_path("resnet18")
+    path.parent.mkdir(parents=True)
+    if content == "garbage":
+        path.write_bytes(b"\x00not a torch file\xff" * 10)
+    elif content == "truncated":
+        buffer = io.BytesIO()
+        torch.save(torchvision_resnet18_state, buffer)
+        path.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    else:  # loads only without weights_only=True (torch.hub's own default is False)
+        torch.save(torch.nn.Linear(2, 2), path)
+    with pytest.raises(DmlrsError) as error:
+        build_model("resnet18", DIM, weights="imagenet")
+    message = str(error.value)
+    assert f"cannot read the cached ImageNet weights for resnet18 at {path}" in message
+    assert "weights_only=True" in message and "Delete it" in message and RESNET18_URL in message
+    assert "--weights none" in message
+    assert path.exists()  # dmlrs does not delete the user's file itself
 
 
 @pytest.mark.parametrize("name, file_name", [("resnet50", "resnet50-0676ba61.pth"),
                                              ("vgg16", "vgg16-397923af.pth")])
 def test_imagenet_cache_file_names(empty_torch_home, name, file_name):
     assert imagenet_weights_path(name) == empty_torch_home / "hub" / "checkpoints" / file_name
-
-
-def test_imagenet_loads_from_cache(empty_torch_home, torchvision_resnet18_state):
-    path = imagenet_weights_path("resnet18")
-    path.parent.mkdir(parents=True)
-    torch.save(torchvision_resnet18_state, path)
-    model = build_model("resnet18", DIM, weights="imagenet")
-    _assert_backbone_holds(model, torchvision_resnet18_state)
 
 
 def test_torchvision_state_dict_file_loads_into_backbone(tmp_path, torchvision_resnet18_state):
