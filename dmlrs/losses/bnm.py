@@ -2,21 +2,28 @@
 
 Paper
     Cui et al., "Towards Discriminability and Diversity: Batch Nuclear-norm Maximization under
-    Label Insufficient Situations", CVPR 2020. Used by HR-S2DML on the unlabelled images.
+    Label Insufficient Situations", CVPR 2020. Used by HR-S2DML (Kang et al., Remote Sensing
+    2020) on the unlabelled images.
 
 Equation (plain text), for a batch of B logit rows z_i over C classes:
     A     = softmax(z, dim=1)                   (B, C) prediction matrix
-    loss  = -||A||_* / B = -(sum of singular values of A) / B
+    loss  = -||A||_* / n = -(sum of the min(B, C) singular values of A) / n
+    n     = min(B, C)  (normalizer="min_dim": -mean of the singular values, as the original
+                        HR-S2DML and BNM code compute it; the default)
+          = B          (normalizer="batch": the equation of Cui et al.)
 Minimising the loss maximises the nuclear norm, which rewards confident (discriminable) and
 varied (diverse: high-rank A, many classes predicted) predictions.
 
-Shapes: logits (B, C) -> scalar. Defaults: no hyperparameter (the paper weights it by lambda in
-the total loss, which is the method's business).
+Which logits: that is the method's business. HR-S2DML's original code feeds the plain cosines
+to the prototypes (no 1/T: values in [-1, 1], so A is close to uniform); see
+``dmlrs.methods.mnce_bnm`` for both forms.
+
+Shapes: logits (B, C) -> scalar. Default: normalizer="min_dim".
 
 Signature on purpose: ``forward(logits)`` takes NO labels and no keyword arguments, unlike the
-other losses. BNM is unsupervised; the original HR-S2DML code fed it the labels of the test
-images, which leaks the test split into training. With this signature passing labels is a
-``TypeError``.
+other losses. BNM is unsupervised; the original HR-S2DML code computed its BNM logits with the
+ArcFace margin at the *true* class of the unlabelled (= test) images, which leaks the test
+labels into training. With this signature passing labels is a ``TypeError``.
 
 Numerics: softmax and SVD run in fp32 (fp64 stays fp64) with autocast disabled; the nuclear norm is
 ``torch.linalg.svdvals(A).sum()``, whose gradient is U V^T (defined when the singular values are
@@ -29,12 +36,17 @@ from torch import Tensor, nn
 
 from dmlrs.losses.norm_softmax import compute_dtype
 
+BNM_NORMALIZERS = ("min_dim", "batch")
+
 
 class BNMLoss(nn.Module):
-    """-||softmax(logits)||_* / B. Call as ``bnm(logits)``; labels cannot be passed."""
+    """-||softmax(logits)||_* / n, n = min(B, C) or B. Call as ``bnm(logits)``; no labels."""
 
-    def __init__(self) -> None:
+    def __init__(self, normalizer: str = "min_dim") -> None:
         super().__init__()
+        if normalizer not in BNM_NORMALIZERS:
+            raise ValueError(f"BNM normalizer must be one of {BNM_NORMALIZERS}, got {normalizer!r}")
+        self.normalizer = normalizer
         self.last_logs: dict[str, float] = {}
 
     def forward(self, logits: Tensor) -> Tensor:
@@ -43,7 +55,11 @@ class BNMLoss(nn.Module):
             raise ValueError(f"BNM needs logits of shape (B, C) with B, C >= 1, got {tuple(logits.shape)}")
         with torch.autocast(device_type=logits.device.type, enabled=False):
             probs = torch.softmax(logits.to(compute_dtype(logits)), dim=1)  # (B, C)
-            nuclear_norm = torch.linalg.svdvals(probs).sum()
-            loss = -nuclear_norm / logits.shape[0]
+            singular_values = torch.linalg.svdvals(probs)  # (min(B, C),)
+            divisor = singular_values.numel() if self.normalizer == "min_dim" else logits.shape[0]
+            loss = -singular_values.sum() / divisor
         self.last_logs = {"bnm": loss.item()}
         return loss
+
+    def extra_repr(self) -> str:
+        return f"normalizer={self.normalizer!r}"

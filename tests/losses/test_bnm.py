@@ -8,8 +8,9 @@ import torch
 from dmlrs.losses.bnm import BNMLoss
 
 
-def reference_bnm(logits):
-    """-(sum of singular values of softmax(logits)) / B, softmax by loops, SVD by numpy float64."""
+def reference_bnm(logits, normalizer="min_dim"):
+    """-(sum of singular values of softmax(logits)) / n, n = min(B, C) (the original code's -mean
+    of the singular values) or B; softmax by loops, SVD by numpy float64."""
     z = logits.detach().double().numpy()
     batch, classes = z.shape
     probs = np.zeros((batch, classes))
@@ -18,20 +19,32 @@ def reference_bnm(logits):
         exps = [math.exp(z[i, c] - top) for c in range(classes)]
         for c in range(classes):
             probs[i, c] = exps[c] / sum(exps)
-    return -np.linalg.svd(probs, compute_uv=False).sum() / batch
+    divisor = min(batch, classes) if normalizer == "min_dim" else batch
+    return -np.linalg.svd(probs, compute_uv=False).sum() / divisor
 
 
 def nuclear_norm_of_softmax(logits):
     return np.linalg.svd(torch.softmax(logits.detach().double(), dim=1).numpy(), compute_uv=False).sum()
 
 
+@pytest.mark.parametrize("normalizer", ["min_dim", "batch"])
 @pytest.mark.parametrize("shape", [(6, 4), (3, 7), (5, 5)])
-def test_value_matches_numpy_svd(shape):
+def test_value_matches_numpy_svd(shape, normalizer):
     logits = torch.randn(*shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 3
-    bnm = BNMLoss()
+    bnm = BNMLoss(normalizer)
     value = bnm(logits)
-    assert value.item() == pytest.approx(reference_bnm(logits), rel=1e-12)
+    assert value.item() == pytest.approx(reference_bnm(logits, normalizer), rel=1e-12)
     assert bnm.last_logs["bnm"] == pytest.approx(value.item())
+
+
+def test_default_is_the_original_minus_mean_of_singular_values():
+    logits = torch.randn(128, 21, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    singular = np.linalg.svd(torch.softmax(logits, dim=1).numpy(), compute_uv=False)
+    assert len(singular) == 21
+    assert BNMLoss()(logits).item() == pytest.approx(-singular.mean(), rel=1e-12)
+    assert BNMLoss("batch")(logits).item() == pytest.approx(-singular.sum() / 128, rel=1e-12)
+    with pytest.raises(ValueError, match="normalizer"):
+        BNMLoss("mean")
 
 
 def test_gradcheck_on_random_logits_with_distinct_singular_values():
@@ -40,6 +53,7 @@ def test_gradcheck_on_random_logits_with_distinct_singular_values():
     gaps = (singular[:-1] - singular[1:]).abs()
     assert gaps.min() > 1e-3 and singular.min() > 1e-3  # away from the non-smooth points
     assert torch.autograd.gradcheck(BNMLoss(), (logits.requires_grad_(True),))
+    assert torch.autograd.gradcheck(BNMLoss("batch"), (logits,))
 
 
 def test_one_sample_batch_is_minus_the_euclidean_norm_of_its_probabilities():
