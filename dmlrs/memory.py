@@ -10,7 +10,7 @@ normalised embedding ``f_i``::
     m_i <- normalize(f_i)                                 (replace, "MU" variant)
 
 The papers use ``mu = 0.5``, raised to 0.8 at epoch 80 and 0.9 at epoch 120
-(``schedule={80: 0.8, 120: 0.9}``).
+(``schedule={80: 0.8, 120: 0.9}``, 0-based epochs as in the original code).
 
 ``MomentumEncoder`` is the exponential moving average copy of a model used as the key encoder
 in MoCo (He et al., CVPR 2020)::
@@ -41,7 +41,7 @@ def _check_momentum(value: float, name: str) -> float:
 
 
 class MemoryBank(nn.Module):
-    """One L2-normalised slot per training image.
+    """One slot per training image (L2-normalised from its first update on).
 
     Args:
         num_samples: N, the number of training images (slot i belongs to dataset index i).
@@ -54,8 +54,9 @@ class MemoryBank(nn.Module):
     Buffers: ``slots`` (N, d) float32, ``momentum_value`` () float64 (the current mu; kept in
     the state_dict so a checkpoint restores it even without calling ``set_epoch``).
 
-    Initialisation follows the papers' code: uniform in ``[-1/sqrt(d/3), 1/sqrt(d/3)]``, then
-    each row is L2-normalised.
+    Initialisation as the papers' code (Wu et al.'s ``LinearAverage``): uniform in
+    ``[-1/sqrt(d/3), 1/sqrt(d/3)]``, each coordinate of variance 1/d, so rows have norm ~1
+    (not exactly: they are not normalised until their first update).
 
     Duplicate indices in one ``update`` call: the features of the duplicates are averaged and
     the slot gets ONE momentum step with that mean (order-independent and deterministic,
@@ -74,14 +75,14 @@ class MemoryBank(nn.Module):
         if num_samples < 1 or dim < 1:
             raise DmlrsError(
                 f"MemoryBank needs num_samples >= 1 and dim >= 1, got {num_samples} x {dim}: "
-                "check the training split size and --embedding-dim"
+                "check the training split size and --dim"
             )
         self.base_momentum = _check_momentum(momentum, "memory momentum")
         self.schedule = {int(epoch): _check_momentum(m, f"memory momentum at epoch {epoch}")
                          for epoch, m in sorted((schedule or {}).items())}
         bound = 1.0 / math.sqrt(dim / 3.0)
         init = torch.rand(num_samples, dim, generator=generator) * (2 * bound) - bound
-        self.register_buffer("slots", F.normalize(init, dim=1))
+        self.register_buffer("slots", init)
         self.register_buffer("momentum_value", torch.tensor(self.base_momentum, dtype=torch.float64))
 
     @property
@@ -145,37 +146,51 @@ class MemoryBank(nn.Module):
         return f"num_samples={self.num_samples}, dim={self.dim}, momentum={self.momentum}, schedule={self.schedule}"
 
 
+EMA_BN_MODES = ("train", "eval")
+
+
 class MomentumEncoder(nn.Module):
     """EMA copy of a model, used as a key/target encoder (MoCo, He et al., CVPR 2020).
 
     ``update(model)``: ``theta_ema <- decay * theta_ema + (1 - decay) * theta`` for every
-    parameter; buffers (BatchNorm running mean/var, num_batches_tracked) are COPIED from the
-    online model, not averaged: they already are running averages of the online network's
-    activations, and copying keeps them consistent with the weights they normalise.
+    parameter.
 
-    Batch-norm: MoCo shuffles the key batch across GPUs so BN statistics cannot leak which
-    samples share a batch. On one device we instead keep the copy in **eval mode** at all
-    times (``train()`` does not change it): BN uses running statistics, so each sample's
-    EMA output is independent of the rest of the batch (no leak, no degenerate batch stats),
-    and forwarding never changes the copied running statistics. ``forward`` runs under
-    ``torch.no_grad()``; the copy's parameters have ``requires_grad=False``.
+    Batch norm of the copy (``bn_mode``):
+
+    * ``"train"`` (default, the SNCA-CE / CDNE original code): the copy is in eval mode except its
+      BatchNorm layers, which stay in train mode, so keys are normalised with the statistics of
+      the key batch (the original's "shuffle BN" is a no-op on one device) and the copy's
+      running statistics come from its own forwards. Buffers are not averaged or copied.
+    * ``"eval"``: BatchNorm uses running statistics, which ``update`` COPIES from the online
+      model (they already are running averages of its activations). Each key then depends on
+      its own image only, not on its batch-mates (the leak MoCo's shuffle BN avoids).
+
+    ``train()`` never changes this scheme. ``forward`` runs under ``torch.no_grad()``; the
+    copy's parameters have ``requires_grad=False``.
 
     The model's forward must return a dict with "features" (B, d) and "embedding" (B, d).
     """
 
-    def __init__(self, model: nn.Module, decay: float = 0.999):
+    def __init__(self, model: nn.Module, decay: float = 0.999, bn_mode: str = "train"):
         super().__init__()
         decay = float(decay)
         if not 0.0 <= decay <= 1.0:
-            raise DmlrsError(f"EMA decay must lie in [0, 1], got {decay}: use e.g. --ema-decay 0.999")
+            raise DmlrsError(f"EMA decay must lie in [0, 1], got {decay}: use e.g. --ema 0.999")
+        if bn_mode not in EMA_BN_MODES:
+            raise DmlrsError(f"--ema-bn must be one of {', '.join(EMA_BN_MODES)}, got {bn_mode!r}")
         self.decay = decay
+        self.bn_mode = bn_mode
         self.module = copy.deepcopy(model)
         self.module.requires_grad_(False)
-        self.module.eval()
+        self.train(self.training)
 
     def train(self, mode: bool = True) -> "MomentumEncoder":
         super().train(mode)
-        self.module.eval()  # always running-stat BN, see class docstring
+        self.module.eval()
+        if self.bn_mode == "train":
+            for layer in self.module.modules():
+                if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+                    layer.train()
         return self
 
     @torch.no_grad()
@@ -189,8 +204,9 @@ class MomentumEncoder(nn.Module):
             raise DmlrsError("MomentumEncoder.update got a model with a different architecture than its copy")
         for ema_p, p in zip(ema_params, params):
             ema_p.lerp_(p.detach().to(ema_p.dtype), 1.0 - self.decay)
-        for ema_b, b in zip(ema_buffers, buffers):
-            ema_b.copy_(b)
+        if self.bn_mode == "eval":
+            for ema_b, b in zip(ema_buffers, buffers):
+                ema_b.copy_(b)
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:

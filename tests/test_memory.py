@@ -15,23 +15,25 @@ def _unit(rows: int, dim: int, seed: int) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------------- MemoryBank
-def test_initial_slots_are_unit_norm_and_seeded():
-    a = MemoryBank(50, 8, generator=torch.Generator().manual_seed(3))
-    b = MemoryBank(50, 8, generator=torch.Generator().manual_seed(3))
-    c = MemoryBank(50, 8, generator=torch.Generator().manual_seed(4))
-    assert a.slots.shape == (50, 8)
-    torch.testing.assert_close(a.slots.norm(dim=1), torch.ones(50))
+def test_initial_slots_have_norm_about_one_and_are_seeded():
+    a = MemoryBank(500, 128, generator=torch.Generator().manual_seed(3))
+    b = MemoryBank(500, 128, generator=torch.Generator().manual_seed(3))
+    c = MemoryBank(500, 128, generator=torch.Generator().manual_seed(4))
+    assert a.slots.shape == (500, 128)
+    squared_norms = a.slots.double().pow(2).sum(dim=1)
+    assert abs(squared_norms.mean().item() - 1) < 0.01  # E ||m||^2 = d * (1/d) = 1
+    assert not torch.allclose(squared_norms, torch.ones(500, dtype=torch.float64))  # not normalised
     assert torch.equal(a.slots, b.slots)
     assert not torch.equal(a.slots, c.slots)
 
 
-def test_initial_slots_follow_the_uniform_init_before_normalising():
+def test_initial_slots_are_the_original_uniform_init():
     dim = 12
     generator = torch.Generator().manual_seed(0)
     bank = MemoryBank(30, dim, generator=generator)
     bound = 1 / math.sqrt(dim / 3)
     raw = torch.rand(30, dim, generator=torch.Generator().manual_seed(0)) * 2 * bound - bound
-    torch.testing.assert_close(bank.slots, raw / raw.norm(dim=1, keepdim=True))
+    torch.testing.assert_close(bank.slots, raw)
 
 
 def test_update_matches_explicit_formula_and_touches_only_given_indices():
@@ -47,7 +49,7 @@ def test_update_matches_explicit_formula_and_touches_only_given_indices():
         torch.testing.assert_close(bank.slots[i].double(), expected, atol=1e-6, rtol=1e-6)
     untouched = [i for i in range(10) if i not in indices.tolist()]
     assert torch.equal(bank.slots[untouched], before[untouched].float())
-    torch.testing.assert_close(bank.slots.norm(dim=1), torch.ones(10))
+    torch.testing.assert_close(bank.slots[indices].norm(dim=1), torch.ones(3))
 
 
 def test_update_with_duplicate_indices_uses_the_mean_feature_once():
@@ -149,9 +151,11 @@ def test_ema_copy_starts_equal_and_has_no_grads():
     assert not out["features"].requires_grad
 
 
-def test_ema_update_matches_formula_on_parameters_and_copies_buffers():
+@pytest.mark.parametrize("bn_mode", ["train", "eval"])
+def test_ema_update_matches_formula_on_parameters(bn_mode):
     model = _net(0)
-    ema = MomentumEncoder(model, decay=0.9)
+    ema = MomentumEncoder(model, decay=0.9, bn_mode=bn_mode)
+    buffers_before = {name: b.clone() for name, b in ema.module.named_buffers()}
     old = [q.detach().clone() for q in ema.module.parameters()]
     with torch.no_grad():
         for p in model.parameters():
@@ -162,15 +166,36 @@ def test_ema_update_matches_formula_on_parameters_and_copies_buffers():
     for q, q_old, p in zip(ema.module.parameters(), old, model.parameters()):
         torch.testing.assert_close(q, 0.9 * q_old + 0.1 * p)
     for name, b in model.named_buffers():
-        assert torch.equal(dict(ema.module.named_buffers())[name], b)
+        # eval mode copies the online running statistics; train mode (the original) leaves them
+        expected = b if bn_mode == "eval" else buffers_before[name]
+        assert torch.equal(dict(ema.module.named_buffers())[name], expected)
 
 
-def test_ema_batchnorm_uses_running_stats_even_in_train_mode():
+def test_ema_default_is_the_original_batch_statistics_key_encoder():
+    model = _net(1)
+    ema = MomentumEncoder(model, decay=0.99)
+    assert ema.bn_mode == "train"
+    ema.eval()  # the method's mode never changes the scheme
+    assert not ema.module.training and ema.module.bn.training and not ema.module.conv.training
+    images = torch.randn(6, 3, 6, 6) * 2 + 1
+    keys = ema(images)["features"]
+    # keys are normalised with the key batch's own statistics: a formula written out here
+    x = ema.module.conv(images).double()
+    mean = x.mean(dim=(0, 2, 3), keepdim=True)
+    var = x.var(dim=(0, 2, 3), unbiased=False, keepdim=True)
+    bn = ema.module.bn
+    normed = (x - mean) / torch.sqrt(var + bn.eps) * bn.weight.double()[None, :, None, None] \
+        + bn.bias.double()[None, :, None, None]
+    expected = ema.module.fc(torch.relu(normed).mean(dim=(2, 3)).float())
+    torch.testing.assert_close(keys, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_ema_eval_batchnorm_uses_running_stats_even_in_train_mode():
     model = _net(1)
     model.train()
     for _ in range(3):
         model(torch.randn(8, 3, 6, 6) * 2 + 1)  # non-trivial running stats
-    ema = MomentumEncoder(model, decay=0.99)
+    ema = MomentumEncoder(model, decay=0.99, bn_mode="eval")
     ema.train()  # must not switch the copy to batch statistics
     assert not ema.module.training
     stats_before = ema.module.bn.running_mean.clone()
@@ -204,3 +229,5 @@ def test_ema_state_dict_round_trip():
 def test_ema_rejects_bad_decay():
     with pytest.raises(DmlrsError, match="decay"):
         MomentumEncoder(_net(), decay=1.5)
+    with pytest.raises(DmlrsError, match="--ema-bn"):
+        MomentumEncoder(_net(), bn_mode="frozen")

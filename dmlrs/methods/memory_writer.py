@@ -5,7 +5,13 @@ SNCA-CE and CDNE both come in the two variants of Kang et al. (TGRS 2020, JSTARS
 - ``bank`` (MB): after the optimizer step, each sample's slot moves towards the feature computed
   in that step: ``m_i <- normalize(mu * m_i + (1 - mu) * f_i)``.
 - ``momentum`` (MU): an EMA copy of the model (decay 0.999, as MoCo) encodes the batch before the
-  step, and its features replace the slots after the step: ``m_i <- normalize(f_ema_i)``.
+  step, and its features replace the slots after the step: ``m_i <- normalize(f_ema_i)``. The
+  EMA step happens before encoding, which is the original's order seen from the next step (it
+  updates the copy right after ``optimizer.step()``). ``ema_bn`` picks the copy's batch norm
+  (see ``dmlrs.memory.MomentumEncoder``; default ``"train"``, the original's).
+
+The original code writes the memory inside the autograd backward of its memory layer; dmlrs
+writes it after ``optimizer.step()``. The values are the same (both are this step's features).
 """
 from __future__ import annotations
 
@@ -19,14 +25,14 @@ MEMORY_MODES = ("bank", "momentum")
 
 class MemoryWriter(nn.Module):
     def __init__(self, memory: MemoryBank, mode: str, model: nn.Module | None = None,
-                 ema_decay: float = 0.999, feature_key: str = "embedding"):
+                 ema_decay: float = 0.999, feature_key: str = "embedding", ema_bn: str = "train"):
         super().__init__()
         if mode not in MEMORY_MODES:
             raise ValueError(f"memory mode must be one of {MEMORY_MODES}, got {mode!r}")
         self.memory = memory
         self.mode = mode
         self.feature_key = feature_key
-        self.ema = MomentumEncoder(model, decay=ema_decay) if mode == "momentum" else None
+        self.ema = MomentumEncoder(model, decay=ema_decay, bn_mode=ema_bn) if mode == "momentum" else None
         self._pending: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @torch.no_grad()
