@@ -3,7 +3,31 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SELECT_METRICS = ("knn_acc", "mAP")
+from dmlrs.errors import DmlrsError
+
+#: CDNE's selection score: Hamming precision@20 of the binarised validation codes against the
+#: train split (see ``dmlrs.metrics.hamming.hamming_precision_at``); hashing methods only.
+HAMMING_SELECT_METRIC = "hamming_P@20"
+HAMMING_SELECT_K = 20
+#: the scores ``--select-metric`` may pick best.pt by (all "higher is better", strict >)
+SELECT_METRICS = ("knn_acc", "mAP", HAMMING_SELECT_METRIC)
+#: the scores that only hashing methods (``Method.hashing``, i.e. CDNE) have
+HASHING_SELECT_METRICS = (HAMMING_SELECT_METRIC,)
+
+
+def check_select_metric(metric: str, hashing: bool, method: str | None = None) -> str:
+    """Return ``metric`` if the method can be selected by it, else raise a ``DmlrsError`` that
+    names ``--select-metric``.  ``hashing``: the method's ``hashing`` flag; ``method``: its name
+    (for the message)."""
+    if metric not in SELECT_METRICS:
+        raise DmlrsError(f"--select-metric {metric!r} is not a validation score; choose one of "
+                         f"{', '.join(SELECT_METRICS)}")
+    if metric in HASHING_SELECT_METRICS and not hashing:
+        who = f"{method} is not a hashing method" if method else "the method is not a hashing method"
+        plain = ", ".join(m for m in SELECT_METRICS if m not in HASHING_SELECT_METRICS)
+        raise DmlrsError(f"--select-metric {metric} only applies to hashing methods (CDNE): it scores "
+                         f"binarised hash codes and {who}; use --select-metric {plain.replace(', ', ' or ')}")
+    return metric
 
 
 @dataclass

@@ -4,7 +4,12 @@ Embeddings are always extracted fresh, with the model in eval mode on un-augment
 (never read from stale memory-bank slots).
 
 - Validation: kNN accuracy (k = 10, distance-weighted, train split as gallery) and mAP of the
-  validation split against the train split. ``--select-metric`` picks the best checkpoint.
+  validation split against the train split; for hashing methods also ``hamming_P@20``, the
+  original CDNE selection score: Hamming precision@20 of the binarised validation codes
+  (bit = code > 0) against the train split's codes, averaged over all validation queries, ties
+  broken by gallery index (:func:`dmlrs.metrics.hamming.hamming_precision_at`).
+  ``--select-metric`` picks the best checkpoint by one of these (checked at construction with
+  :func:`dmlrs.engine.config.check_select_metric`).
 - Test report (with the best checkpoint): retrieval of the test split against the train split
   (mAP, mAP@R, P@k, R@k, per-class AP), leave-one-out retrieval within the test split, kNN
   accuracy (with clean training labels too when label noise is on) and, for hashing methods,
@@ -17,16 +22,21 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
+from dmlrs.engine.config import HAMMING_SELECT_K, HAMMING_SELECT_METRIC, check_select_metric
 from dmlrs.engine.device import autocast
 from dmlrs.engine.loaders import eval_loader
 from dmlrs.methods.base import Method
-from dmlrs.metrics import hamming_metrics, knn_accuracy, retrieval_metrics
+from dmlrs.metrics import hamming_metrics, hamming_precision_at, knn_accuracy, retrieval_metrics
 
 
 class Evaluator:
     def __init__(self, method: Method, data, device: torch.device, *, batch_size: int,
                  num_workers: int, amp: bool = False, channels_last: bool = False, knn_k: int = 10,
-                 progress: bool = True):
+                 progress: bool = True, select_metric: str | None = None):
+        """``select_metric``: the score the caller will select checkpoints by; when given it is
+        checked against the method now (``hamming_P@20`` needs a hashing method)."""
+        if select_metric is not None:
+            check_select_metric(select_metric, method.hashing, getattr(method, "name", None))
         self.method, self.data, self.device = method, data, device
         self.batch_size, self.num_workers = batch_size, num_workers
         self.amp, self.channels_last, self.knn_k, self.progress = amp, channels_last, knn_k, progress
@@ -35,10 +45,18 @@ class Evaluator:
     def extract(self, dataset, encode: Callable[[torch.Tensor], torch.Tensor] | None = None,
                 desc: str = "embedding") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(outputs (N, d) float32 on CPU, labels (N,), indices (N,))`` in dataset order."""
-        encode = encode or self.method.embed
+        (outputs,), labels, indices = self.extract_many(dataset, (encode or self.method.embed,), desc=desc)
+        return outputs, labels, indices
+
+    @torch.no_grad()
+    def extract_many(self, dataset, encoders, desc: str = "embedding"
+                     ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+        """Like :meth:`extract` with several encoders in ONE pass over the data (each image is
+        loaded once): ``([outputs of each encoder], labels, indices)``."""
         was_training = self.method.training
         self.method.eval()
-        outputs, labels, indices = [], [], []
+        outputs = [[] for _ in encoders]
+        labels, indices = [], []
         loader = eval_loader(dataset, self.batch_size, num_workers=self.num_workers,
                              pin_memory=self.device.type == "cuda")
         try:
@@ -47,20 +65,28 @@ class Evaluator:
                 if self.channels_last:
                     images = images.contiguous(memory_format=torch.channels_last)
                 with autocast(self.device, self.amp):
-                    outputs.append(encode(images).float().cpu())
+                    for parts, encode in zip(outputs, encoders):
+                        parts.append(encode(images).float().cpu())
                 labels.append(batch["label"])
                 indices.append(batch["index"])
         finally:
             self.method.train(was_training)
-        return torch.cat(outputs), torch.cat(labels), torch.cat(indices)
+        return [torch.cat(parts) for parts in outputs], torch.cat(labels), torch.cat(indices)
 
     def validate(self) -> dict[str, float]:
-        gallery, gallery_labels, _ = self.extract(self.data.train_eval, desc="embed train")
-        query, query_labels, _ = self.extract(self.data.val, desc="embed val")
-        return {
+        """``knn_acc`` and ``mAP`` (embeddings), plus ``hamming_P@20`` (codes) for hashing methods."""
+        encoders = (self.method.embed, self.method.codes) if self.method.hashing else (self.method.embed,)
+        (gallery, *gallery_codes), gallery_labels, _ = self.extract_many(self.data.train_eval, encoders,
+                                                                         desc="embed train")
+        (query, *query_codes), query_labels, _ = self.extract_many(self.data.val, encoders, desc="embed val")
+        scores = {
             "knn_acc": knn_accuracy(gallery, gallery_labels, query, query_labels, k=self.knn_k),
             "mAP": retrieval_metrics(query, query_labels, gallery, gallery_labels, ks=())["mAP"],
         }
+        if self.method.hashing:
+            scores[HAMMING_SELECT_METRIC] = hamming_precision_at(query_codes[0], query_labels, gallery_codes[0],
+                                                                 gallery_labels, k=HAMMING_SELECT_K)
+        return scores
 
     def test_report(self) -> dict:
         data = self.data

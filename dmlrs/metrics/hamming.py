@@ -2,10 +2,13 @@
 
 Codes
 -----
-``binarize(x) = sign(x)`` with sign(0) = +1.  Bit b of a code is 1 where the real-valued
-code is >= 0.  ``pack_codes`` stores the bits in int64 words, LSB first: bit b lives in
-word b // 64 at position b % 64 (unused high bits of the last word are 0), so a B-bit code
-costs ceil(B / 64) words instead of B bytes.  Hamming distance = popcount(q XOR g) summed
+Bit b of a code is 1 where the real-valued code is > 0 and 0 where it is <= 0: an exact zero
+(+0.0 or -0.0) gets the same bit as a negative value.  This is the rule of the hashing papers'
+evaluation code (CDNE, jiankang1991/CDNE utils/metrics.py: ``np.sign(codes) == 1``, so
+sign(0) = 0 -> bit 0).  ``binarize(x)`` gives the matching +-1 codes: +1 where x > 0, else -1
+(so ``binarize`` of an exact 0 is -1, not +1).  ``pack_codes`` stores the bits in int64
+words, LSB first: bit b lives in word b // 64 at position b % 64 (unused high bits of the last
+word are 0), so a B-bit code costs ceil(B / 64) words instead of B bytes.  Hamming distance = popcount(q XOR g) summed
 over words; popcount uses the SWAR bit trick (valid on signed int64 because every mask
 clears the sign bit).
 
@@ -28,6 +31,15 @@ by index.  With R relevant items, rel(i) and P(i) = (1/i) sum_{j<=i} rel(j) at r
 
 All are means over the queries that have at least one relevant item; the others are counted
 in ``num_queries_without_relevant`` (see retrieval.py for the same rule).
+
+CDNE's checkpoint-selection score (``hamming_precision_at``)
+-----------------------------------------------------------
+The original CDNE code keeps the checkpoint with the best Hamming P@20 of the validation split
+against the (un-augmented) train split.  :func:`hamming_precision_at` is that score: ``P@k`` as
+above, but averaged over ALL queries (the original's ``np.mean``), so a query whose class is not
+in the gallery counts as 0 instead of being left out.  The original left the order among equal
+Hamming distances to faiss (``IndexBinaryFlat``); here ties are broken by gallery index (lower
+first), like every metric in this module, so the score is deterministic.
 """
 from __future__ import annotations
 
@@ -57,12 +69,13 @@ _H01 = 0x0101010101010101
 
 
 def binarize(x: torch.Tensor) -> torch.Tensor:
-    """sign(x) with sign(0) = +1, same dtype and shape as ``x``."""
-    return torch.where(x >= 0, 1, -1).to(x.dtype)
+    """+1 where x > 0, -1 elsewhere (exact zeros -> -1, the same bit as negatives); same dtype
+    and shape as ``x``."""
+    return torch.where(x > 0, 1, -1).to(x.dtype)
 
 
 def _bits_of(codes: torch.Tensor) -> torch.Tensor:
-    """(N, B) bool bits of real-valued codes (>= 0 -> 1) or of 0/1 integer/bool codes."""
+    """(N, B) bool bits of real-valued codes (> 0 -> 1, <= 0 -> 0) or of 0/1 integer/bool codes."""
     if not isinstance(codes, torch.Tensor) or codes.dim() != 2 or codes.shape[1] == 0:
         raise DmlrsError("hash codes must be a 2-D tensor (num_items x num_bits) with at least one bit")
     if codes.dtype == torch.bool:
@@ -70,7 +83,7 @@ def _bits_of(codes: torch.Tensor) -> torch.Tensor:
     if codes.dtype.is_floating_point:
         if torch.isnan(codes).any():
             raise DmlrsError("hash codes contain NaN; check the hash head's output")
-        return codes >= 0
+        return codes > 0  # exact 0 (and -0.0) -> bit 0, like a negative value
     if not bool(((codes == 0) | (codes == 1)).all()):
         raise DmlrsError(
             "integer hash codes must be 0/1 bits; pass real-valued (or +-1 float) codes to binarise them by sign"
@@ -81,7 +94,8 @@ def _bits_of(codes: torch.Tensor) -> torch.Tensor:
 def pack_codes(bits_or_real: torch.Tensor) -> torch.Tensor:
     """Pack (N, B) codes into (N, ceil(B / 64)) int64 words, bit b -> word b // 64, bit b % 64.
 
-    Accepts real-valued codes (binarised: >= 0 -> 1, so 0 counts as +1) or bool / 0-1 integer bits.
+    Accepts real-valued codes (binarised: > 0 -> 1, <= 0 -> 0, so an exact 0 counts as negative)
+    or bool / 0-1 integer bits.
     """
     bits = _bits_of(bits_or_real)
     num_items, num_bits = bits.shape
@@ -162,8 +176,8 @@ def hamming_metrics(
     """Hashing retrieval report: ``mAP``, ``mAP@k`` for k in ``map_at``, ``P@k`` for k in ``ks``,
     ``P@H<=radius``, ``num_queries``, ``num_queries_without_relevant`` (plain Python values).
 
-    Codes: real-valued (binarised by sign, 0 -> +1) or 0/1 bits, (N, B); or packed int64 words
-    from :func:`pack_codes` together with ``num_bits``.  ``gallery_codes=None``: leave-one-out.
+    Codes: real-valued (binarised: > 0 -> bit 1, <= 0 -> bit 0) or 0/1 bits, (N, B); or packed
+    int64 words from :func:`pack_codes` together with ``num_bits``.  ``gallery_codes=None``: leave-one-out.
     Definitions in the module docstring.
     """
     if map_at_normalizer not in MAP_NORMALIZERS:
@@ -226,3 +240,29 @@ def _average_precision_at(stats: RankStats, k: int, normalizer: str) -> torch.Te
         denominator = stats.num_relevant
     numerator = stats.precision_sum_within(k)
     return torch.where(denominator > 0, numerator / denominator.clamp_min(1).double(), 0.0)
+
+
+def hamming_precision_at(
+    query_codes: torch.Tensor,
+    query_labels: torch.Tensor,
+    gallery_codes: torch.Tensor,
+    gallery_labels: torch.Tensor,
+    k: int = 20,
+    *,
+    num_bits: int | None = None,
+    chunk_size: int = 1024,
+) -> float:
+    """CDNE's validation score: Hamming precision@k of the queries against the gallery, averaged
+    over ALL queries (a query without any relevant gallery item scores 0, as in the original code).
+
+    Same codes and ranking as :func:`hamming_metrics` (bit = code > 0; ascending Hamming distance,
+    ties by gallery index); see the module docstring.
+    """
+    if gallery_codes is None or gallery_labels is None:
+        raise DmlrsError("hamming_precision_at needs a gallery (codes and labels); it has no leave-one-out mode")
+    k = check_positive_int(k, "k")
+    result = hamming_metrics(query_codes, query_labels, gallery_codes, gallery_labels, ks=(k,), map_at=(),
+                             num_bits=num_bits, chunk_size=chunk_size)
+    # hamming_metrics averages over the queries with a relevant item; the others score exactly 0
+    kept = result["num_queries"]
+    return result[f"P@{k}"] * kept / (kept + result["num_queries_without_relevant"])

@@ -3,20 +3,28 @@ import pytest
 import torch
 
 from dmlrs.errors import DmlrsError
-from dmlrs.metrics.hamming import binarize, hamming_distance, hamming_metrics, pack_codes, popcount, unpack_codes
+from dmlrs.metrics.hamming import (
+    binarize,
+    hamming_distance,
+    hamming_metrics,
+    hamming_precision_at,
+    pack_codes,
+    popcount,
+    unpack_codes,
+)
 
 KS = (1, 5, 20, 500)  # 500 > every gallery below
 
 
 def real_codes(n, num_bits, generator):
-    """Real-valued codes with some exact zeros (which binarise to +1)."""
+    """Real-valued codes with some exact zeros (which binarise like negatives: bit 0)."""
     codes = torch.randn(n, num_bits, generator=generator)
     codes[torch.rand(n, num_bits, generator=generator) < 0.1] = 0.0
     return codes
 
 
 def reference_distance(code_a, code_b):
-    return sum(1 for a, b in zip(code_a, code_b) if (a >= 0) != (b >= 0))
+    return sum(1 for a, b in zip(code_a, code_b) if (a > 0) != (b > 0))
 
 
 def reference_metrics(query, query_labels, gallery, gallery_labels, ks, map_at, radius, normalizer):
@@ -69,14 +77,20 @@ def test_pack_round_trip_and_words_hold_64_bits(num_bits):
     codes = real_codes(9, num_bits, generator)
     packed = pack_codes(codes)
     assert packed.dtype == torch.int64 and packed.shape == (9, -(-num_bits // 64))
-    assert torch.equal(unpack_codes(packed, num_bits), codes >= 0)
-    assert torch.equal(pack_codes(codes >= 0), packed)  # bool bits pack the same
-    assert torch.equal(pack_codes((codes >= 0).int()), packed)  # and 0/1 integers
+    assert torch.equal(unpack_codes(packed, num_bits), codes > 0)
+    assert torch.equal(pack_codes(codes > 0), packed)  # bool bits pack the same
+    assert torch.equal(pack_codes((codes > 0).int()), packed)  # and 0/1 integers
     assert torch.equal(pack_codes(binarize(codes)), packed)  # and +-1 floats
 
 
-def test_binarize_maps_zero_to_plus_one():
-    assert binarize(torch.tensor([-2.0, -0.0, 0.0, 3.0])).tolist() == [-1.0, 1.0, 1.0, 1.0]
+def test_exact_zero_binarises_like_a_negative_value():
+    """The original CDNE evaluation rule: bit = (np.sign(code) == 1), so 0 -> bit 0."""
+    values = torch.tensor([[-2.0, -0.0, 0.0, 3.0, 1e-30, -1e-30]])
+    assert binarize(values).tolist() == [[-1.0, -1.0, -1.0, 1.0, 1.0, -1.0]]
+    assert unpack_codes(pack_codes(values), 6).tolist() == [[False, False, False, True, True, False]]
+    # a zero code is at distance 0 from an all-negative code and at full distance from an all-positive one
+    zero, negative, positive = torch.zeros(1, 5), -torch.ones(1, 5), torch.ones(1, 5)
+    assert hamming_distance(pack_codes(zero), pack_codes(torch.cat([negative, positive]))).tolist() == [[0, 5]]
 
 
 def test_popcount_of_extreme_words():
@@ -153,3 +167,39 @@ def test_bad_codes_are_rejected_with_a_clear_message():
         hamming_metrics(torch.randn(4, 8), torch.zeros(4, dtype=torch.long), torch.randn(4, 9), torch.zeros(4, dtype=torch.long))
     with pytest.raises(DmlrsError, match="map_at_normalizer"):
         hamming_metrics(torch.randn(4, 8), torch.zeros(4, dtype=torch.long), map_at_normalizer="R")
+
+
+@pytest.mark.parametrize("k,chunk_size", [(20, 4), (3, 1024), (50, 7)])  # 50 > the gallery
+def test_precision_at_averages_over_all_queries_like_the_original(k, chunk_size):
+    """CDNE's validation score: P@k over ALL queries, a query of a class absent from the gallery
+    scoring 0 (hamming_metrics' P@k leaves such queries out)."""
+    generator = torch.Generator().manual_seed(k)
+    query, gallery = real_codes(12, 6, generator), real_codes(40, 6, generator)
+    query_labels = torch.randint(0, 3, (12,), generator=generator)
+    gallery_labels = torch.randint(0, 3, (40,), generator=generator)
+    query_labels[:2] = 7  # not in the gallery
+    expected = reference_metrics(
+        query[2:], query_labels[2:].tolist(), gallery, gallery_labels.tolist(), (k,), (), 0, "all"
+    )
+    score = hamming_precision_at(query, query_labels, gallery, gallery_labels, k, chunk_size=chunk_size)
+    assert score == pytest.approx(expected[f"P@{k}"] * 10 / 12, abs=1e-12)
+    packed = hamming_precision_at(
+        pack_codes(query), query_labels, pack_codes(gallery), gallery_labels, k, num_bits=6
+    )
+    assert packed == score
+
+
+def test_precision_at_by_hand_zero_codes_and_ties():
+    query = torch.tensor([[0.0, 0.5], [0.3, -0.0]])  # bits 01 and 10
+    # bits 00, 01, 01, 10: the zero code is a negative code, and rows 1 and 2 tie for query 0
+    gallery = torch.tensor([[-1.0, 0.0], [-0.0, 2.0], [-3.0, 1.0], [1.0, -1.0]])
+    gallery_labels = torch.tensor([0, 1, 0, 0])
+    # query 0 (01, label 0): rows 1, 2 at distance 0 (a tie, by index), row 0 at 1, row 3 at 2 -> P@2 = 1/2
+    # query 1 (10, label 0): row 3 at distance 0, row 0 at 1, rows 1, 2 at 2 -> P@2 = 2/2
+    assert hamming_precision_at(query, torch.tensor([0, 0]), gallery, gallery_labels, 2) == 0.75
+    # a query class absent from the gallery counts as 0: (1/2 + 0) / 2
+    assert hamming_precision_at(query, torch.tensor([0, 5]), gallery, gallery_labels, 2) == 0.25
+    with pytest.raises(DmlrsError, match="gallery"):
+        hamming_precision_at(query, torch.tensor([0, 0]), None, None)
+    with pytest.raises(DmlrsError, match="k must be a positive integer"):
+        hamming_precision_at(query, torch.tensor([0, 0]), gallery, gallery_labels, 0)
