@@ -9,16 +9,17 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from dmlrs.engine.seeding import worker_init_fn
+from dmlrs.engine.seeding import pass_seed, worker_init_fn
 
 
 class ShuffledBatches(Sampler[list[int]]):
-    """Shuffled mini-batches of a dataset; the last short batch is dropped when the dataset has
-    more than one batch (a batch of one breaks batch norm)."""
+    """Shuffled mini-batches of a dataset. The last short batch is kept, as the original scripts'
+    loaders (no ``drop_last``), except a last batch of ONE image when there are other batches:
+    batch norm cannot train on one image (the original crashed there)."""
 
     def __init__(self, size: int, batch_size: int, generator: torch.Generator):
         self.size, self.batch_size, self.generator = size, batch_size, generator
-        self.drop_last = size > batch_size
+        self.drop_last = size > batch_size and size % batch_size == 1
 
     def __iter__(self):
         order = torch.randperm(self.size, generator=self.generator).tolist()
@@ -28,6 +29,38 @@ class ShuffledBatches(Sampler[list[int]]):
 
     def __len__(self) -> int:
         return self.size // self.batch_size if self.drop_last else -(-self.size // self.batch_size)
+
+
+class ContinuingPasses(Sampler[list[int]]):
+    """Batches of a pool drawn alongside the training batches, as one stream across epochs.
+
+    Global step ``t`` (counted over the whole run) takes batch ``t mod U`` of pass ``t // U``,
+    where a pass is a fresh shuffle of the pool cut like :class:`ShuffledBatches` (``U`` batches)
+    and pass ``p`` is shuffled by a generator seeded from ``(seed, p)``. This is how the original
+    HR-S2DML draws its unlabelled batches (one iterator that restarts whenever the global step is
+    a multiple of ``U``), made a pure function of the step so that resuming replays it.
+    Yields the batches of steps ``start_step .. start_step + num_steps - 1``.
+    """
+
+    def __init__(self, size: int, batch_size: int, *, seed: int, start_step: int, num_steps: int):
+        self.size, self.batch_size, self.seed = size, batch_size, seed
+        self.start_step, self.num_steps = start_step, num_steps
+        self.batches_per_pass = len(ShuffledBatches(size, batch_size, torch.Generator()))
+
+    def pass_batches(self, pass_index: int) -> list[list[int]]:
+        generator = torch.Generator().manual_seed(pass_seed(self.seed, pass_index))
+        return list(ShuffledBatches(self.size, self.batch_size, generator))
+
+    def __iter__(self):
+        current, batches = None, []
+        for step in range(self.start_step, self.start_step + self.num_steps):
+            pass_index, position = divmod(step, self.batches_per_pass)
+            if pass_index != current:
+                current, batches = pass_index, self.pass_batches(pass_index)
+            yield batches[position]
+
+    def __len__(self) -> int:
+        return self.num_steps
 
 
 class SkipFirst(Sampler[list[int]]):
@@ -61,8 +94,3 @@ def eval_loader(dataset: Dataset, batch_size: int, *, num_workers: int, pin_memo
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                       worker_init_fn=worker_init_fn, pin_memory=pin_memory)
 
-
-def cycle(loader: DataLoader):
-    """Endless iteration over a loader (the unlabelled pool is drawn alongside labelled batches)."""
-    while True:
-        yield from loader

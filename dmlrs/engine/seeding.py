@@ -24,6 +24,11 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch * 7919) % 2**31
 
 
+def pass_seed(seed: int, pass_index: int) -> int:
+    """The seed of one pass over a pool that is drawn across epochs (see ``ContinuingPasses``)."""
+    return (epoch_seed(seed, pass_index) + 104_729) % 2**31
+
+
 def set_deterministic(enabled: bool) -> None:
     """``--deterministic``: deterministic kernels (slower on GPU; errors on ops that have none)."""
     if enabled:

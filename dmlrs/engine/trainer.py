@@ -15,11 +15,11 @@ import torch
 from tqdm.auto import tqdm
 
 from dmlrs.engine.checkpoint import FORMAT_VERSION, capture_rng_state, restore_rng_state, save_checkpoint
-from dmlrs.engine.config import TrainConfig
+from dmlrs.engine.config import HASHING_SELECT_METRICS, TrainConfig
 from dmlrs.engine.device import autocast, make_grad_scaler, resolve_device
 from dmlrs.engine.evaluation import Evaluator
 from dmlrs.engine.interrupt import GracefulInterrupt
-from dmlrs.engine.loaders import cycle, train_loader
+from dmlrs.engine.loaders import ContinuingPasses, train_loader
 from dmlrs.engine.run_log import RunLog
 from dmlrs.engine.seeding import epoch_seed, seed_everything
 from dmlrs.errors import DmlrsError
@@ -45,7 +45,7 @@ class Trainer:
                                    batch_size=config.eval_batch_size or config.batch_size,
                                    num_workers=config.num_workers, amp=config.amp,
                                    channels_last=config.channels_last, knn_k=config.knn_k,
-                                   progress=config.progress)
+                                   progress=config.progress, select_metric=config.select_metric)
         self.tensorboard = tensorboard
         self.epoch = 0            # epochs completed
         self.step_in_epoch = 0    # optimizer steps done in the epoch being trained (after an interrupt)
@@ -130,8 +130,10 @@ class Trainer:
             if score > self.best_score:
                 self.best_score, self.best_epoch = score, self.epoch
                 self.save("best")
+            hamming = "".join(f", val {name} {100 * validation[name]:.2f}%" for name in HASHING_SELECT_METRICS
+                              if name in validation)
             print(f"epoch {self.epoch}/{config.epochs}: val kNN acc {100 * validation['knn_acc']:.2f}%, "
-                  f"val mAP {100 * validation['mAP']:.2f}% (best {config.select_metric} "
+                  f"val mAP {100 * validation['mAP']:.2f}%{hamming} (best {config.select_metric} "
                   f"{100 * self.best_score:.2f}% at epoch {self.best_epoch})", flush=True)
         self.save("last")
         log.log_epoch(self.epoch, record)
@@ -148,13 +150,17 @@ class Trainer:
         pin = self.device.type == "cuda"
         loader = train_loader(data.train, config.batch_size, seed=seed, num_workers=config.num_workers,
                               batch_sampler=sampler, skip_batches=self.step_in_epoch, pin_memory=pin)
-        unlabelled = None
-        if getattr(data, "unlabelled", None) is not None:
-            unlabelled = cycle(train_loader(data.unlabelled, config.batch_size, seed=seed + 1,
-                                            num_workers=config.num_workers, pin_memory=pin))
         total_steps = len(loader) + self.step_in_epoch
         if config.steps_per_epoch is not None:
             total_steps = min(total_steps, config.steps_per_epoch)
+        unlabelled = None
+        if getattr(data, "unlabelled", None) is not None:
+            stream = ContinuingPasses(len(data.unlabelled), config.batch_size, seed=config.seed,
+                                      start_step=self.epoch * total_steps + self.step_in_epoch,
+                                      num_steps=total_steps - self.step_in_epoch)
+            unlabelled = iter(train_loader(data.unlabelled, config.batch_size, seed=seed + 1,
+                                           num_workers=config.num_workers, batch_sampler=stream,
+                                           pin_memory=pin))
         sums: dict[str, float] = {}
         steps = images_seen = 0
         start = time.perf_counter()

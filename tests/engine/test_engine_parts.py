@@ -14,12 +14,18 @@ def batches(seed, size=10, batch_size=4):
     return list(ShuffledBatches(size, batch_size, torch.Generator().manual_seed(seed)))
 
 
-def test_shuffled_batches_are_a_function_of_the_seed_and_drop_the_short_batch():
+def test_shuffled_batches_are_a_function_of_the_seed_and_keep_the_short_batch():
     first = batches(0)
     assert first == batches(0) and first != batches(1)
-    assert len(first) == 2 and all(len(b) == 4 for b in first)
-    assert len(set(sum(first, []))) == 8
-    assert sum(batches(0, size=3, batch_size=4), []) != [] and len(batches(0, size=3, batch_size=4)) == 1
+    assert [len(b) for b in first] == [4, 4, 2]  # no drop_last, as the original loaders
+    assert sorted(sum(first, [])) == list(range(10))
+    assert len(batches(0, size=3, batch_size=4)) == 1
+
+
+def test_a_last_batch_of_one_image_is_dropped_batch_norm_cannot_train_on_it():
+    dropped = batches(0, size=9, batch_size=4)
+    assert [len(b) for b in dropped] == [4, 4] and len(ShuffledBatches(9, 4, torch.Generator())) == 2
+    assert [len(b) for b in batches(0, size=1, batch_size=4)] == [1]  # the only batch stays
 
 
 def test_skip_first_replays_the_rest_of_an_epoch():
@@ -64,3 +70,26 @@ def test_device_flag_errors_are_actionable():
     if not torch.cuda.is_available():
         with pytest.raises(DmlrsError, match="CUDA is not available"):
             resolve_device("cuda")
+
+
+def test_unlabelled_stream_runs_across_epochs_like_the_original_global_iterator():
+    """The original restarts its unlabelled iterator whenever the global step is a multiple of
+    the pool's batch count U; every other step takes the next batch of the current pass."""
+    from dmlrs.engine.loaders import ContinuingPasses
+
+    size, batch_size, steps_per_epoch, epochs = 10, 3, 2, 5  # U = 4 batches (3, 3, 3, 1 -> dropped: 3)
+    stream = ContinuingPasses(size, batch_size, seed=7, start_step=0, num_steps=steps_per_epoch * epochs)
+    unit = stream.batches_per_pass
+    assert unit == 3  # a last batch of one image is dropped (batch norm), as ShuffledBatches
+    expected, current = [], None
+    for step in range(steps_per_epoch * epochs):  # the original's loop, written out
+        if step % unit == 0:
+            current = iter(stream.pass_batches(step // unit))
+        expected.append(next(current))
+    assert list(stream) == expected
+    passes = [stream.pass_batches(p) for p in range(3)]
+    assert passes[0] != passes[1] and all(len(set(sum(p, []))) == 9 for p in passes)
+    # epoch by epoch (and after a resume at any step) the same stream continues
+    pieces = [list(ContinuingPasses(size, batch_size, seed=7, start_step=s, num_steps=n))
+              for s, n in ((0, 2), (2, 3), (5, 5))]
+    assert sum(pieces, []) == expected
