@@ -1,21 +1,23 @@
 """CDNE hashing objective: SNCA on relaxed codes + class cross-entropy + quantization.
 
-Paper: Kang, Fernandez-Beltran, Hong, Chanussot, Plaza, "Deep Hashing Based on
-Class-Discriminated Neighborhood Embedding", IEEE JSTARS 2020 (CDNE).
+Paper: Kang, Fernandez-Beltran, Ye, Tong, Plaza, "Deep Hashing Based on Class-Discriminated
+Neighborhood Embedding", IEEE JSTARS 2020 (CDNE), DOI 10.1109/JSTARS.2020.3027954.
 
-Equation (plain text), for un-normalised relaxed codes h_i (B x bits, e.g. tanh outputs of
-the hash head), class-head logits z_i (B x C), labels y_i and dataset indices idx_i:
+Equation (plain text), for relaxed codes h_i (B x bits: the raw linear output of the hash
+layer in the original code, no activation), class-head logits z_i = V h_i + c (B x C),
+labels y_i and dataset indices idx_i:
 
-    loss = L_snca(normalize(h), y, idx)                        (see dmlrs.losses.snca; the
+    loss = snca_weight  * L_snca(normalize(h), y, idx)          (see dmlrs.losses.snca; the
                                                                 memory holds normalised codes)
          + ce_weight    * (1/B) sum_i -log softmax(z_i)[y_i]   (class discrimination)
          + quant_weight * (1/(B*bits)) sum_i,k (|h_ik| - 1)^2  (pushes codes to +-1)
 
-Binary codes at retrieval time are sign(h). The SNCA part is an ``SNCALoss`` (composed, not
+Binary codes at retrieval time are 1[h > 0]. The SNCA part is an ``SNCALoss`` (composed, not
 copied); its temperature and margin follow the SNCA defaults (T = 0.05, margin = 0).
-Defaults ce_weight = 1.0 and quant_weight = 0.1: the paper's exact weights could not be
-recovered from the material available when this was written, so these are the project's
-defaults; pass the paper's values through the entry script's flags when known.
+
+Defaults, as the authors' code (jiankang1991/CDNE): all three weights 1. Its CDNE (MB) script
+calls the SNCA weight ``--lambda_`` (default 1); CE and quantization are unweighted in both
+the MB and MU scripts.
 
 All parts are computed in float32 with autocast disabled (T = 0.05 overflows in fp16).
 Shapes: codes (B, bits), labels (B,), indices (B,), logits (B, C).
@@ -33,16 +35,20 @@ from dmlrs.memory import MemoryBank
 
 
 class CDNELoss(nn.Module):
-    """SNCA(normalize(codes)) + ce_weight * CE(logits) + quant_weight * mean((|codes| - 1)^2)."""
+    """snca_weight * SNCA(normalize(codes)) + ce_weight * CE(logits)
+    + quant_weight * mean((|codes| - 1)^2)."""
 
     def __init__(self, memory: MemoryBank, memory_labels: torch.Tensor, temperature: float = 0.05,
-                 margin: float = 0.0, ce_weight: float = 1.0, quant_weight: float = 0.1):
+                 margin: float = 0.0, snca_weight: float = 1.0, ce_weight: float = 1.0,
+                 quant_weight: float = 1.0):
         super().__init__()
-        if ce_weight < 0 or quant_weight < 0:
+        if min(snca_weight, ce_weight, quant_weight) < 0:
             raise DmlrsError(
-                f"CDNE weights must be >= 0, got ce_weight={ce_weight}, quant_weight={quant_weight}"
+                f"CDNE weights must be >= 0, got --lambda_ {snca_weight}, --ce-weight {ce_weight}, "
+                f"--quant-weight {quant_weight}"
             )
         self.snca = SNCALoss(memory, memory_labels, temperature=temperature, margin=margin)
+        self.snca_weight = float(snca_weight)
         self.ce_weight = float(ce_weight)
         self.quant_weight = float(quant_weight)
         self.last_logs: dict[str, float] = {}
@@ -59,10 +65,10 @@ class CDNELoss(nn.Module):
             snca = self.snca(F.normalize(codes, dim=1), labels, indices=indices)
             ce = F.cross_entropy(logits.to(dtype), labels.reshape(-1).to(logits.device))
             quant = (codes.abs() - 1).pow(2).mean()
-            loss = snca + self.ce_weight * ce + self.quant_weight * quant
+            loss = self.snca_weight * snca + self.ce_weight * ce + self.quant_weight * quant
         self.last_logs = {"snca": float(snca.detach()), "ce": float(ce.detach()),
                           "quant": float(quant.detach()), "cdne": float(loss.detach())}
         return loss
 
     def extra_repr(self) -> str:
-        return f"ce_weight={self.ce_weight}, quant_weight={self.quant_weight}"
+        return f"snca_weight={self.snca_weight}, ce_weight={self.ce_weight}, quant_weight={self.quant_weight}"

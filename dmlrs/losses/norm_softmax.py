@@ -59,7 +59,7 @@ class CosinePrototypeLoss(nn.Module):
         if int(num_classes) < 1:
             raise DmlrsError(f"num_classes must be >= 1 (got {num_classes}); check the dataset's class count.")
         if int(dim) < 1:
-            raise DmlrsError(f"embedding dim must be >= 1 (got {dim}); check --embedding-dim.")
+            raise DmlrsError(f"embedding dim must be >= 1 (got {dim}); check --dim.")
         if not temperature > 0:
             raise DmlrsError(f"temperature must be > 0 (got {temperature}); the papers use 0.05.")
         self.num_classes = int(num_classes)

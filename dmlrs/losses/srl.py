@@ -106,7 +106,7 @@ class SimilarityRetentionLoss(nn.Module):
         if temperature < 0.0:
             raise DmlrsError(f"SRL temperature (--temperature) must be >= 0, got {temperature}; the paper uses 10.")
         if lambda_ < 0.0:
-            raise DmlrsError(f"SRL lambda (--lambda) must be >= 0, got {lambda_}; the paper uses 1.")
+            raise DmlrsError(f"SRL lambda (--lambda_) must be >= 0, got {lambda_}; the paper uses 1.")
         self.alpha = float(alpha)
         self.margin = float(margin)
         self.temperature = float(temperature)

@@ -1,12 +1,15 @@
 """SNCA-CE (Kang et al., "Deep Metric Learning based on Scalable Neighborhood Components for
 Remote Sensing Scene Characterization", TGRS 2020).
 
-    L = L_SNCA(f, memory) + lambda * CE(W f_raw, y)
+    L = lambda * L_SNCA(f, memory) + CE(W f_raw, y)
 
 ``f`` is the L2-normalised embedding, ``f_raw`` the un-normalised FC output that feeds the class
 head. The memory holds one slot per training image and is filled either by momentum averaging
 (SNCA-CE (MB), ``train_SNCA_CE``) or by a momentum encoder (SNCA-CE (MU), ``train_SNCA_CE_MC``).
-Paper defaults: T = 0.05, memory momentum 0.5 -> 0.8 at epoch 80 -> 0.9 at epoch 120, EMA 0.999.
+``lambda`` weights the SNCA term, as ``--lambda_`` in the original SNCA-CE (MB) script (its MU
+script has no such flag: lambda = 1); ``lambda = 0`` is the plain softmax (CE) baseline.
+Paper defaults: T = 0.05, lambda = 1, memory momentum 0.5 -> 0.8 at epoch 80 -> 0.9 at epoch
+120, EMA 0.999 with batch-statistics batch norm.
 """
 from __future__ import annotations
 
@@ -27,13 +30,13 @@ class SNCACE(Method):
 
     def __init__(self, model: EmbeddingModel, train_labels: torch.Tensor, *, memory_mode: str = "bank",
                  temperature: float = 0.05, margin: float = 0.0, lambda_: float = 1.0,
-                 memory_momentum: float = 0.5, ema_decay: float = 0.999):
+                 memory_momentum: float = 0.5, ema_decay: float = 0.999, ema_bn: str = "train"):
         super().__init__()
         self.model = model
         self.lambda_ = lambda_
         memory = MemoryBank(len(train_labels), model.dim, momentum=memory_momentum,
                             schedule=MOMENTUM_SCHEDULE)
-        self.writer = MemoryWriter(memory, memory_mode, model, ema_decay)
+        self.writer = MemoryWriter(memory, memory_mode, model, ema_decay, ema_bn=ema_bn)
         self.snca = build_loss("snca", memory=memory, memory_labels=train_labels,
                                temperature=temperature, margin=margin)
         self.name = "SNCA_CE" if memory_mode == "bank" else "SNCA_CE_MC"
@@ -45,7 +48,7 @@ class SNCACE(Method):
         snca = self.snca(out["embedding"], labels, indices=indices)
         ce = F.cross_entropy(out["logits"].float(), labels)
         self.writer.remember(indices, out["embedding"])
-        return {"loss": snca + self.lambda_ * ce, "snca": snca.detach(), "ce": ce.detach()}
+        return {"loss": self.lambda_ * snca + ce, "snca": snca.detach(), "ce": ce.detach()}
 
     def after_optimizer_step(self) -> None:
         self.writer.write()

@@ -3,10 +3,20 @@ Characterization of Remote Sensing Images with Label Noise", TGRS 2021).
 
     L = mean_i w_i * (L_q(p_y,i) - L_q(k)),   L_q(p) = (1 - p^q) / q
 
-The per-sample weights ``w_i = 1[p_y,i > k]`` are refreshed every ``prune_every`` epochs from
-``start_prune`` on, with the model in eval mode on un-augmented training images (the engine's
-extraction), so samples the model disagrees with (likely noisy labels) stop pulling prototypes.
-Paper defaults: q = 0.7, k = 0.5, T = 0.05, pruning from epoch 40 every 10 epochs.
+The per-sample weights ``w_i = 1[p_y,i > k]`` (noisy labels y) are refreshed at the start of
+every epoch whose 1-based number ``n`` satisfies ``n >= start_prune`` and ``n % prune_every ==
+0``, exactly as the original loop: with the defaults (40, 10) and 130 epochs that is epochs 40,
+50, ..., 130 counted from 1 (0-based 39, 49, ..., 129), ten refreshes, the last one for the final
+epoch. Samples the model disagrees with (likely noisy labels) stop pulling prototypes until the
+next refresh, which recomputes every weight.
+
+The refresh embeds the training images with the model in eval mode (the engine's extraction):
+by default the augmented images (``refresh_images="augmented"``), as the original, which ran it
+over its training loader; ``"plain"`` uses the un-augmented ones. It uses the *current* model
+and prototypes; the original reloaded its best checkpoint for the refresh (chosen with clean
+validation labels and a clean-label kNN gallery) and then kept that checkpoint's prototypes,
+which lets clean labels steer the pruning (see docs/fidelity.md).
+Paper defaults: q = 0.7, k = 0.5, T = 0.05, start_prune = 40, every 10 epochs.
 """
 from __future__ import annotations
 
@@ -20,16 +30,16 @@ from dmlrs.models import EmbeddingModel
 class TRNSL(Method):
     name = "tRNSL"
 
-    def __init__(self, model: EmbeddingModel, num_classes: int, train_dataset, *,
+    def __init__(self, model: EmbeddingModel, num_classes: int, refresh_dataset, *,
                  temperature: float = 0.05, q: float = 0.7, k: float = 0.5, start_prune: int = 40,
                  prune_every: int = 10, truncated: bool = True):
         super().__init__()
         self.model = model
-        self.train_dataset = train_dataset  # un-augmented training images, for the refresh
+        self.refresh_dataset = refresh_dataset  # the training images the refresh embeds
         self.start_prune = start_prune
         self.prune_every = prune_every
         self.rnsl = build_loss("trnsl", num_classes=num_classes, dim=model.dim,
-                               num_samples=len(train_dataset), temperature=temperature, q=q, k=k,
+                               num_samples=len(refresh_dataset), temperature=temperature, q=q, k=k,
                                truncated=truncated)
 
     def training_step(self, batch: dict) -> dict[str, torch.Tensor]:
@@ -41,11 +51,13 @@ class TRNSL(Method):
         return self.model.embed(images)
 
     def is_prune_epoch(self, epoch: int) -> bool:
-        return epoch >= self.start_prune and (epoch - self.start_prune) % self.prune_every == 0
+        """Whether the weights are refreshed before training 0-based ``epoch``."""
+        number = epoch + 1  # the original counts epochs from 1 here
+        return number >= self.start_prune and number % self.prune_every == 0
 
     def on_epoch_start(self, context: EpochContext) -> None:
         if self.rnsl.truncated and self.is_prune_epoch(context.epoch):
-            embeddings, labels, indices = context.extract(self.train_dataset)
+            embeddings, labels, indices = context.extract(self.refresh_dataset)
             self.rnsl.update_weights(embeddings, labels, indices)
 
     def scalars(self) -> dict[str, float]:

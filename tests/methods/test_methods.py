@@ -1,0 +1,142 @@
+"""Method modules combine their parts as the original code does: loss weights, forward passes,
+BNM form, t-RNSL refresh schedule, CDNE codes. Each check recomputes the expected value itself."""
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dmlrs.memory import MemoryBank
+from dmlrs.methods.base import EpochContext
+from dmlrs.methods.cdne import CDNE
+from dmlrs.methods.mnce_bnm import MNCEBNM
+from dmlrs.methods.snca_ce import SNCACE
+from dmlrs.methods.trnsl import TRNSL
+from dmlrs.models import build_model
+
+NUM_CLASSES = 3
+
+
+def tiny_model(dim=8, **kwargs):
+    torch.manual_seed(0)
+    return build_model("resnet18", dim, **kwargs)
+
+
+def batch(n=6, seed=1, size=32):
+    g = torch.Generator().manual_seed(seed)
+    return {"image": torch.randn(n, 3, size, size, generator=g), "label": torch.arange(n) % NUM_CLASSES,
+            "index": torch.arange(n)}
+
+
+@pytest.mark.parametrize("lambda_", [0.0, 1.0, 2.5])
+def test_snca_ce_lambda_weights_the_snca_term(lambda_):
+    labels = torch.arange(12) % NUM_CLASSES
+    method = SNCACE(tiny_model(num_classes=NUM_CLASSES), labels, lambda_=lambda_)
+    out = method.training_step(batch())
+    assert out["loss"].item() == pytest.approx(lambda_ * out["snca"].item() + out["ce"].item(), rel=1e-6)
+
+
+def test_snca_ce_lambda_zero_is_the_plain_softmax_baseline():
+    labels = torch.arange(12) % NUM_CLASSES
+    method = SNCACE(tiny_model(num_classes=NUM_CLASSES), labels, lambda_=0.0)
+    method.eval()  # fixed batch-norm statistics: the same logits twice
+    b = batch()
+    loss = method.training_step(b)["loss"]
+    logits = method.model(b["image"])["logits"]
+    assert loss.item() == pytest.approx(F.cross_entropy(logits, b["label"]).item(), rel=1e-6)
+
+
+def test_cdne_codes_are_the_raw_linear_output_and_weights_default_to_one():
+    labels = torch.arange(12) % NUM_CLASSES
+    model = tiny_model(dim=16, num_classes=NUM_CLASSES)
+    method = CDNE(model, labels)
+    method.eval()
+    b = batch()
+    features = model.backbone(b["image"])
+    raw = features @ model.projection.fc.weight.t() + model.projection.fc.bias
+    codes = method.codes(b["image"])
+    torch.testing.assert_close(codes, raw)
+    assert codes.abs().max() > 1  # unbounded: no tanh
+    out = method.training_step(b)
+    expected = out["snca"] + out["ce"] + out["quant"]
+    assert out["loss"].item() == pytest.approx(expected, rel=1e-6)
+    assert out["quant"] == pytest.approx(((raw.abs() - 1) ** 2).mean().item(), rel=1e-5)
+
+
+def test_cdne_lambda_weights_snca_only():
+    labels = torch.arange(12) % NUM_CLASSES
+    method = CDNE(tiny_model(dim=16, num_classes=NUM_CLASSES), labels, lambda_=3.0, quant_weight=0.5)
+    out = method.training_step(batch())
+    assert out["loss"].item() == pytest.approx(3 * out["snca"] + out["ce"] + 0.5 * out["quant"], rel=1e-6)
+
+
+def original_bnm(cosines: np.ndarray) -> float:
+    """-mean(svd(softmax(cos))) written out: softmax by loops, float64."""
+    probs = np.zeros_like(cosines)
+    for i, row in enumerate(cosines):
+        exps = [math.exp(v) for v in row]
+        probs[i] = [e / sum(exps) for e in exps]
+    return -float(np.linalg.svd(probs, compute_uv=False).mean())
+
+
+@pytest.mark.parametrize("form", ["original", "paper"])
+def test_mnce_bnm_uses_the_label_free_bnm_form(form):
+    model = tiny_model(standardize=True).double()
+    method = MNCEBNM(model, NUM_CLASSES, bnm_form=form).double().eval()
+    unlabelled = batch(n=5, seed=2)["image"].double()
+    embeddings = model(unlabelled)["embedding"].double()
+    prototypes = F.normalize(method.mnce.prototypes.detach(), dim=1)
+    cosines = (embeddings @ prototypes.t()).detach().numpy()
+    value = method.bnm(method.bnm_logits(embeddings)).item()
+    if form == "original":
+        assert value == pytest.approx(original_bnm(cosines), rel=1e-6)
+    else:
+        singular = np.linalg.svd(torch.softmax(torch.tensor(cosines) / 0.05, dim=1).numpy(), compute_uv=False)
+        assert value == pytest.approx(-singular.sum() / 5, rel=1e-6)
+
+
+def test_mnce_bnm_forwards_labelled_and_unlabelled_batches_separately():
+    """Batch norm in train mode normalises each batch with its own statistics, as the original."""
+    model = tiny_model(standardize=True)
+    method = MNCEBNM(model, NUM_CLASSES)
+    method.train()
+    labelled, unlabelled = batch(n=6, seed=3), batch(n=4, seed=4)["image"] * 3 + 1
+    seen = []
+    hook = model.backbone.register_forward_hook(lambda module, args, output: seen.append(args[0].shape[0]))
+    out = method.training_step({**labelled, "unlabelled": unlabelled})
+    hook.remove()
+    assert seen == [6, 4]
+    torch.manual_seed(0)
+    alone = MNCEBNM(tiny_model(standardize=True), NUM_CLASSES)
+    alone.load_state_dict(method.state_dict())
+    assert out["mnce"].item() == pytest.approx(alone.training_step(labelled)["mnce"].item(), rel=1e-6)
+    assert out["loss"].item() == pytest.approx(out["mnce"].item() + out["bnm"].item(), rel=1e-6)
+
+
+def test_trnsl_refreshes_before_epochs_40_50_to_130_counted_from_1():
+    method = TRNSL(tiny_model(), NUM_CLASSES, list(range(6)))
+    refreshed = [epoch for epoch in range(130) if method.is_prune_epoch(epoch)]
+    assert refreshed == [39, 49, 59, 69, 79, 89, 99, 109, 119, 129]  # 0-based: ten refreshes
+    method = TRNSL(tiny_model(), NUM_CLASSES, list(range(6)), start_prune=45, prune_every=10)
+    assert [e + 1 for e in range(130) if method.is_prune_epoch(e)] == [50, 60, 70, 80, 90, 100, 110, 120, 130]
+
+
+def test_trnsl_refresh_embeds_the_given_dataset_and_sets_weights_from_p_y():
+    dataset = object()
+    method = TRNSL(tiny_model(), NUM_CLASSES, [0] * 6, k=0.5)
+    calls = []
+    embeddings = F.normalize(torch.randn(6, 8, generator=torch.Generator().manual_seed(5)), dim=1)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+
+    def extract(ds):
+        calls.append(ds)
+        return embeddings, labels, torch.arange(6)
+
+    method.refresh_dataset = dataset
+    method.on_epoch_start(EpochContext(38, extract))
+    assert calls == []  # epoch 39 (1-based) is not a refresh epoch
+    method.on_epoch_start(EpochContext(39, extract))
+    assert calls == [dataset]
+    probs = torch.softmax(method.rnsl.logits(embeddings), dim=1)[torch.arange(6), labels]
+    assert torch.equal(method.rnsl.weights, (probs > 0.5).float())
