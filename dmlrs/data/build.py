@@ -1,9 +1,27 @@
 """``build_data``: from a dataset name and folder to ready-to-use train/val/test datasets.
 
-Steps: scan the folder (or list the demo items) -> make the stratified split manifest (or
-reuse ``split_file``) -> optional semi-supervised labelled/unlabelled partition -> optional
-label noise on the train split -> :class:`SceneDataset` objects with the papers' transforms.
+Steps: scan the folder (or list the demo items) -> make the split manifest (or reuse
+``split_file``) -> optional semi-supervised labelled/unlabelled partition -> optional label
+noise on the train split -> :class:`SceneDataset` objects with the papers' transforms.
 Everything is deterministic given ``seed``.
+
+``split_protocol`` (see :mod:`dmlrs.data.splits` and :mod:`dmlrs.data.noise`):
+
+* ``"original"`` (default) reproduces the authors' code file for file: per class the sorted
+  file names shuffled by ``random.Random(seed)`` (re-seeded per class), cut at
+  ``int(0.7 * n)`` / ``int(0.8 * n)``; lists in the original order (class by class, shuffled
+  within a class), so dataset index ``i`` -- also the memory-bank slot -- is the original's
+  ``idx``; label noise drawn with ``RandomState(seed).multinomial(1, T[y])`` walking the train
+  list.  With ``train_per`` and ``transductive=True`` it is HR-S2DML's protocol: per class
+  ``files[:int(train_per * n)]`` labelled, the rest is the test split, which is also the
+  unlabelled pool and the validation split (model selection on the test images, as the
+  original does; warned as test-set leakage).
+* ``"stratified"`` (opt-in; also what manifests without a ``"protocol"`` key were made with):
+  dmlrs's per-class-seeded shuffle of stem-sorted files, round-half-up counts, lists sorted by
+  (label, stem), inverse-CDF noise from ``default_rng(seed)``.
+
+A reused ``split_file`` keeps its own protocol (lists and noise sampler); a different
+``split_protocol`` argument only adds a note to ``DataBundle.warnings``.
 """
 from __future__ import annotations
 
@@ -19,9 +37,10 @@ from torch.utils.data import Dataset
 from dmlrs.data.dataset import SceneDataset
 from dmlrs.data.demo import DEMO_CLASSES, DEMO_SIZE, DemoImageLoader, demo_samples
 from dmlrs.data.images import load_rgb
-from dmlrs.data.noise import apply_label_noise
-from dmlrs.data.splits import (DEFAULT_FRACTIONS, SPLIT_NAMES, TRANSDUCTIVE_WARNING, add_semi_supervised,
-                               check_manifest_matches, load_manifest, make_manifest, manifest_hash)
+from dmlrs.data.noise import NOISE_TYPES, apply_label_noise
+from dmlrs.data.splits import (DEFAULT_FRACTIONS, DEFAULT_PROTOCOL, SPLIT_NAMES, TRANSDUCTIVE_WARNING,
+                               add_semi_supervised, check_manifest_matches, check_protocol, load_manifest,
+                               make_manifest, manifest_hash, manifest_protocol, split_gaps)
 from dmlrs.data.transforms import build_transforms
 from dmlrs.errors import DmlrsError
 
@@ -65,15 +84,19 @@ def _semi_supervised_settings(manifest: dict) -> tuple[float, bool]:
 
 
 def _resolve_manifest(name: str, root: Path | None, classes: list[str], samples: list, *, split_file,
-                      seed: int, fractions, train_per: float | None, transductive: bool) -> tuple[dict, list[str]]:
+                      seed: int, fractions, train_per: float | None, transductive: bool,
+                      split_protocol: str) -> tuple[dict, list[str]]:
     """A fresh manifest, or the reused ``split_file`` checked against the data."""
     if split_file is None:
         return make_manifest(name, root, classes, samples, seed=seed, fractions=fractions,
-                             train_per=train_per, transductive=transductive), []
+                             train_per=train_per, transductive=transductive, split_protocol=split_protocol), []
     manifest = load_manifest(split_file)
     notes = check_manifest_matches(manifest, classes, samples, source=f"split file {split_file}")
     if manifest.get("dataset") not in (None, name):
         notes.append(f"split file {split_file} was made for dataset {manifest['dataset']!r}, used for {name!r}")
+    if manifest_protocol(manifest) != split_protocol:
+        notes.append(f"split file {split_file} was made with the {manifest_protocol(manifest)!r} split protocol; "
+                     f"its lists and label-noise sampler are used (this run asked {split_protocol!r})")
     if train_per is None:
         return {k: v for k, v in manifest.items() if k not in _SEMI_KEYS}, notes
     if "labelled" not in manifest:
@@ -96,20 +119,25 @@ def build_data(dataset: str = DEMO_NAME, data: str | Path | None = None, *, img_
                split_file: str | Path | None = None, seed: int = 42,
                fractions: Sequence[float] = DEFAULT_FRACTIONS, train_per: float | None = None,
                transductive: bool = False, noise_type: str | None = None, noise_rate: float = 0.0,
-               skip_corrupt: bool = False, verify: str = "header", check_duplicates: bool = False) -> DataBundle:
+               skip_corrupt: bool = False, verify: str = "header", check_duplicates: bool = False,
+               split_protocol: str = DEFAULT_PROTOCOL) -> DataBundle:
     """Scan, split, (semi-supervise,) (add noise,) and wrap a dataset; see :class:`DataBundle`.
 
     ``dataset="demo"`` needs no ``data``.  ``img_size=None`` -> 256 (the papers) for real
     datasets, 64 for the demo.  ``split_file`` reuses a ``split.json`` (it must match the data).
     ``train_per`` turns on semi-supervised mode (that fraction of the train split is labelled);
-    ``transductive=True`` makes the test split the unlabelled pool (test-set leakage; warns).
+    ``transductive=True`` is HR-S2DML's protocol: ``train_per`` of each whole class labelled, the
+    rest is the test split, the unlabelled pool and the val split (test-set leakage; warns).
+    ``split_protocol``: ``"original"`` (the authors' code, default) or ``"stratified"`` (module doc).
     """
+    check_protocol(split_protocol)
     if transductive and train_per is None:
         raise DmlrsError("--transductive needs --train-per (it only applies to semi-supervised training)")
     if noise_type is None and float(noise_rate) != 0.0:
-        raise DmlrsError(f"--noise-rate {noise_rate} needs --noise-type (symmetric, pairflip or dependent)")
+        raise DmlrsError(f"--noiseRate {noise_rate} needs --noiseType ({', '.join(NOISE_TYPES)})")
 
     duplicates, skipped, notes = [], [], []
+    extension = None  # the official extension of a known dataset (the original globs only *<extension>)
     if str(dataset).lower() == DEMO_NAME:
         name, root, classes, samples = DEMO_NAME, None, list(DEMO_CLASSES), demo_samples()
         image_size = DEMO_SIZE if img_size is None else img_size
@@ -118,14 +146,19 @@ def build_data(dataset: str = DEMO_NAME, data: str | Path | None = None, *, img_
         index = _scan(dataset, data, skip_corrupt=skip_corrupt, verify=verify, check_duplicates=check_duplicates)
         name, root, classes, samples = index.name, Path(index.root), list(index.classes), list(index.samples)
         duplicates, skipped, notes = list(index.duplicates), list(index.skipped), list(index.warnings)
+        extension = index.spec.extension if index.spec is not None else None
         image_size = PAPER_IMAGE_SIZE if img_size is None else img_size
         loader = load_rgb
     train_tf, eval_tf = build_transforms(image_size)
 
     manifest, manifest_notes = _resolve_manifest(name, root, classes, samples, split_file=split_file, seed=seed,
                                                  fractions=fractions, train_per=train_per,
-                                                 transductive=transductive)
+                                                 transductive=transductive, split_protocol=split_protocol)
     notes += manifest_notes
+    protocol = manifest_protocol(manifest)
+    if protocol == "original" and extension is not None:
+        notes += _extension_notes(samples, extension)
+    notes += split_gaps(manifest)
     if manifest.get("transductive"):
         notes.append(TRANSDUCTIVE_WARNING)
 
@@ -135,7 +168,7 @@ def build_data(dataset: str = DEMO_NAME, data: str | Path | None = None, *, img_
     noisy = clean
     if noise_type is not None:
         noisy_arr, realised = apply_label_noise(clean, len(classes), noise_type, noise_rate, seed=seed,
-                                                class_names=classes, dataset=name)
+                                                class_names=classes, dataset=name, split_protocol=protocol)
         noisy = noisy_arr.tolist()
         noise = {"type": noise_type, "rate": float(noise_rate), "realised_rate": realised}
         logger.info("label noise %s rate %.3f: realised %.4f on %d train images", noise_type, noise_rate,
@@ -165,13 +198,31 @@ def build_data(dataset: str = DEMO_NAME, data: str | Path | None = None, *, img_
     )
 
 
+def _extension_notes(samples: list, extension: str) -> list[str]:
+    """Images the original code's case-sensitive ``glob('*' + extension)`` would not list."""
+    other = [rel for rel, _ in samples if not str(rel).endswith(extension)]
+    if not other:
+        return []
+    shown = ", ".join(other[:5]) + (f", ... ({len(other)} in all)" if len(other) > 5 else "")
+    return [f"{len(other)} image(s) do not end in '{extension}' exactly: dmlrs lists them, the original code "
+            f"(glob '*{extension}', case-sensitive) does not, so their classes are not split exactly as the "
+            f"original splits them: {shown}"]
+
+
+def _distinct_images(manifest: dict) -> set[str]:
+    """Every image listed in some split, once (``val == test`` in a transductive manifest)."""
+    return {p for key in SPLIT_NAMES for p, _ in manifest[key]}
+
+
 def _per_class_table(bundle: DataBundle) -> list[str]:
     counts = {key: Counter(label for _, label in bundle.manifest[key]) for key in SPLIT_NAMES}
+    totals = Counter(label for _, label in dict.fromkeys(
+        (p, lab) for key in SPLIT_NAMES for p, lab in bundle.manifest[key]))
     width = max([len("class")] + [len(c) for c in bundle.classes])
     lines = [f"  {'class':<{width}}  {'total':>6}  {'train':>6}  {'val':>5}  {'test':>5}"]
     for label, cls in enumerate(bundle.classes):
         n = [counts[key][label] for key in SPLIT_NAMES]
-        lines.append(f"  {cls:<{width}}  {sum(n):>6}  {n[0]:>6}  {n[1]:>5}  {n[2]:>5}")
+        lines.append(f"  {cls:<{width}}  {totals[label]:>6}  {n[0]:>6}  {n[1]:>5}  {n[2]:>5}")
     return lines
 
 
@@ -179,14 +230,20 @@ def describe_data(bundle: DataBundle) -> str:
     """The text of :meth:`DataBundle.summary`."""
     m = bundle.manifest
     sizes = {key: len(m[key]) for key in SPLIT_NAMES}
-    total = sum(sizes.values())
-    fractions = "/".join(f"{100 * f:g}" for f in m.get("fractions", DEFAULT_FRACTIONS))
+    total = len(_distinct_images(m))
+    # HR-S2DML's transductive cut (older dmlrs transductive manifests kept a 70/10/20 split instead)
+    val_is_test = bool(m.get("transductive")) and m["val"] == m["test"]
+    if val_is_test:
+        cut = f"transductive, labelled {100 * m['train_per']:g}% of each class, rest = test"
+    else:
+        cut = "fractions " + "/".join(f"{100 * f:g}" for f in m.get("fractions", DEFAULT_FRACTIONS))
     lines = [
         f"dataset {bundle.name}: {bundle.num_classes} classes, {total:,} images"
         + (f" under {bundle.root}" if bundle.root is not None else " (synthetic, generated on the fly)"),
-        f"image size {bundle.image_size}; split seed {m.get('seed')}, fractions {fractions} -> "
-        f"train {sizes['train']:,} / val {sizes['val']:,} / test {sizes['test']:,}; "
-        f"manifest sha256 {bundle.manifest_hash[:12]}",
+        f"image size {bundle.image_size}; split protocol {manifest_protocol(m)}, seed {m.get('seed')}, {cut} -> "
+        f"train {sizes['train']:,} / val {sizes['val']:,} / test {sizes['test']:,}"
+        + (" (val = the test split)" if val_is_test else "")
+        + f"; manifest sha256 {bundle.manifest_hash[:12]}",
     ]
     if "labelled" in m:
         lines.append(f"semi-supervised: train_per {m['train_per']:g} -> labelled {len(m['labelled']):,}, "

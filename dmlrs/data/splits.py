@@ -1,14 +1,46 @@
-"""Deterministic stratified train/val/test splits and their ``split.json`` manifests.
+"""Deterministic train/val/test splits of a scene dataset and their ``split.json`` manifests.
 
-Protocol of the papers: per class, shuffle the images with a seed and cut them into
-train/val/test fractions (default 70/10/20).  Here the shuffle is made reproducible and
-independent of everything except (seed, class name, the set of image *stems*):
+Two split protocols; ``"original"`` is the default everywhere a manifest is made
+(:func:`make_manifest`, ``build_data``, ``python -m dmlrs.data``).
+
+``"original"`` -- the authors' code (jiankang1991/SNCA_CE, CDNE, RNSL, HR-S2DML), file for file
+-----------------------------------------------------------------------------------------------
+1. classes = the sorted sub-folder names, label = index in that order;
+2. per class: the images sorted by path string (``sorted(glob(class_dir/'*.<ext>'))``, i.e. by
+   file name within the class folder), then shuffled by a *fresh* ``random.Random(seed)`` for
+   EVERY class (the original calls ``random.seed(42); random.shuffle(files)`` per class; dmlrs
+   uses a local instance, never the global ``random`` state, which draws the same permutation);
+3. cut points ``cut1 = int(f_train * n)`` and ``cut2 = int(f_cum * n)``: train = ``files[:cut1]``,
+   val = ``files[cut1:cut2]``, test = ``files[cut2:]``.  ``f_cum`` is the *literal* cumulative
+   fraction, the float nearest the decimal sum of ``f_train`` and ``f_val`` (0.7 + 0.1 -> 0.8,
+   whereas the float sum 0.7 + 0.1 == 0.7999999999999999 would cut one image early for
+   n = 5, 10, 15, ...), so the defaults give exactly the original's ``int(0.7 * n)`` and
+   ``int(0.8 * n)`` (float truncation included: ``int(0.7 * 700) == 489``);
+4. the lists keep the original order -- class by class in label order, within a class in the
+   shuffled order (not re-sorted) -- so dataset index ``i`` (also the memory-bank slot) is the
+   original's ``idx`` ``i``.  The original's label noise walks the train list in this order
+   (see :mod:`dmlrs.data.noise`).
+
+Small classes are cut as the original cuts them: 3 images -> 2/0/1, 1 image -> 0/0/1.
+
+Where dmlrs differs from the original listing: the original globs only ``*.<imgExt>``
+(case-sensitive on Linux: ``*.jpg`` misses ``x.JPG`` and ``x.png``); dmlrs's scanner lists every
+image extension (jpg/jpeg/png/tif/tiff/bmp/webp, any case) and sorts by the relative path
+string, so a file with another extension (or another case of it) is included and takes its
+place in the sorted list by its full name.  For a folder whose images all end in the dataset's
+official extension the lists are identical; otherwise ``build_data`` warns.
+
+``"stratified"`` -- dmlrs's own protocol (opt-in; manifests without a ``"protocol"`` key, written
+by earlier dmlrs versions, are read as this)
+-----------------------------------------------------------------------------------------------
+Reproducible and independent of everything except (seed, class name, the set of image *stems*):
 
 1. the images of a class are sorted by their relative path **without extension**
    (so ``a.tif`` and ``a.png`` sort alike, and filesystem listing order is irrelevant);
 2. each class gets its own RNG seeded from ``(seed, sha256(class name))``, so adding or
    removing a class never reshuffles the others;
-3. the permuted list is cut into ``n_train, n_val, n_test`` (see :func:`split_counts`).
+3. the permuted list is cut into ``n_train, n_val, n_test`` (see :func:`split_counts`);
+4. each list is stored sorted by (label, stem) for readability.
 
 Rounding (:func:`split_counts`), for a class of ``n`` images and fractions ``(f_tr, f_va, f_te)``::
 
@@ -18,11 +50,29 @@ Rounding (:func:`split_counts`), for a class of ``n`` images and fractions ``(f_
     n_train = n - n_val - n_test, and n_train >= 1 (taken back from val, then test)
 
 So a class of 3 images gives 1/1/1, of 2 images 2/0/0, of 1 image 1/0/0 (defaults),
-and AID's smallest class (220 images) gives 154/22/44.
+and AID's smallest class (220 images) gives 154/22/44 (the original protocol: 154/22/44 too;
+but AID's 360 give 252/36/72 here and 251/37/72 in the original, NWPU's 700 give 490/70/140
+here and 489/71/140 in the original: float truncation of 0.7 * n).
+
+Semi-supervised mode (``train_per``)
+------------------------------------
+* ``transductive=False`` (dmlrs's clean protocol, both split protocols): the 70/10/20 split as
+  above; ``labelled`` = a seeded ``train_per`` fraction of each class's train images
+  (:func:`labelled_subset`), ``unlabelled`` = the other train images.  Val and test are unseen.
+* ``transductive=True`` (HR-S2DML's protocol, ``--train_per`` 0.2 there): the WHOLE class is cut
+  once -- train (= the labelled images) = ``files[:int(train_per * n)]`` of the shuffled class
+  (original protocol; stratified: ``max(1, round-half-up(n * train_per))`` of its own shuffle),
+  test = the rest; there is no validation split: val IS the test split (the original selects
+  the checkpoint by kNN accuracy on the test images, the labelled images as gallery), and the
+  unlabelled pool is the test split too.  The test images are trained on and used for model
+  selection, so test metrics are optimistic: :data:`TRANSDUCTIVE_WARNING` is logged and warned.
+  In such a manifest ``val == test`` (each test image is listed twice), which every reader here
+  expects.
 
 Manifest (``split.json``)::
 
     {"version": 1, "dataset": str, "root": str|None, "classes": [...], "seed": int,
+     "protocol": "original" | "stratified",
      "fractions": [f_tr, f_va, f_te], "train": [[relpath, label], ...], "val": ..., "test": ...,
      # semi-supervised mode only:
      "train_per": float, "transductive": bool,
@@ -35,7 +85,9 @@ import hashlib
 import json
 import logging
 import math
+import random
 import warnings
+from decimal import Decimal
 from pathlib import Path, PurePosixPath
 from typing import Iterable, Sequence
 
@@ -49,14 +101,27 @@ logger = logging.getLogger(__name__)
 MANIFEST_VERSION = 1
 DEFAULT_FRACTIONS = (0.7, 0.1, 0.2)
 SPLIT_NAMES = ("train", "val", "test")
+PROTOCOLS = ("original", "stratified")
+DEFAULT_PROTOCOL = "original"
+LEGACY_PROTOCOL = "stratified"  # manifests without a "protocol" key were made by this one
 TRANSDUCTIVE_WARNING = (
-    "transductive=True: the unlabelled pool is the TEST split (the papers' protocol). "
-    "The test images are seen during training, so test metrics are optimistic (test-set leakage)."
+    "transductive=True (HR-S2DML's original protocol): the TEST images are trained on (they are the "
+    "unlabelled pool, through the BNM loss) AND used for model selection (there is no validation split: "
+    "val is the test split, so the best checkpoint is picked on the test images), as in the original code. "
+    "Test metrics are therefore optimistic (test-set leakage)."
 )
 
 
 def _round_half_up(x: float) -> int:
     return int(math.floor(x + 0.5))
+
+
+def check_protocol(protocol: str) -> str:
+    """Validate a split protocol name (``"original"`` or ``"stratified"``)."""
+    if protocol not in PROTOCOLS:
+        raise DmlrsError(f"--split-protocol {protocol!r} is unknown; choose original (the authors' code, "
+                         "the default) or stratified (dmlrs's per-class-seeded protocol)")
+    return protocol
 
 
 def check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
@@ -74,7 +139,7 @@ def check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
 
 
 def split_counts(n: int, fractions: Sequence[float] = DEFAULT_FRACTIONS) -> tuple[int, int, int]:
-    """Number of train/val/test images for a class of ``n`` images (rounding rule in module doc)."""
+    """Stratified protocol: number of train/val/test images of a class of ``n`` (rule in module doc)."""
     _, f_val, f_test = check_fractions(fractions)
     n_test = _round_half_up(n * f_test)
     n_val = _round_half_up(n * f_val)
@@ -90,6 +155,31 @@ def split_counts(n: int, fractions: Sequence[float] = DEFAULT_FRACTIONS) -> tupl
     return n - n_val - n_test, n_val, n_test
 
 
+def literal_sum(a: float, b: float) -> float:
+    """The float nearest the decimal sum of two literals: ``literal_sum(0.7, 0.1) == 0.8``.
+
+    (The float sum ``0.7 + 0.1`` is ``0.7999999999999999``; the original code writes ``0.8``.)
+    """
+    return float(Decimal(repr(float(a))) + Decimal(repr(float(b))))
+
+
+def original_cut_points(n: int, fractions: Sequence[float] = DEFAULT_FRACTIONS) -> tuple[int, int]:
+    """Original protocol: ``(int(f_train * n), int(f_cum * n))`` with ``f_cum = literal_sum(f_train, f_val)``.
+
+    For the defaults these are exactly the original's ``int(0.7 * n)`` and ``int(0.8 * n)``.
+    """
+    f_train, f_val, _ = check_fractions(fractions)
+    cut1 = int(f_train * n)
+    cut2 = int(literal_sum(f_train, f_val) * n)
+    return min(cut1, n), min(max(cut2, cut1), n)
+
+
+def original_split_counts(n: int, fractions: Sequence[float] = DEFAULT_FRACTIONS) -> tuple[int, int, int]:
+    """Original protocol: number of train/val/test images of a class of ``n`` (float truncation)."""
+    cut1, cut2 = original_cut_points(n, fractions)
+    return cut1, cut2 - cut1, n - cut2
+
+
 def stem_key(relpath: str) -> str:
     """Sort key of an image: its relative path without the file extension (``a/b.tif`` -> ``a/b``)."""
     p = PurePosixPath(str(relpath).replace("\\", "/"))
@@ -103,10 +193,25 @@ def class_rng(seed: int, class_name: str) -> np.random.Generator:
 
 
 def _seeded_order(relpaths: list[str], seed: int, class_name: str) -> list[str]:
-    """Sort by stem (full path breaks ties), then apply the class's seeded permutation."""
+    """Stratified protocol: sort by stem (full path breaks ties), then apply the class's seeded permutation."""
     ordered = sorted(relpaths, key=lambda r: (stem_key(r), r))
     perm = class_rng(seed, class_name).permutation(len(ordered))
     return [ordered[i] for i in perm]
+
+
+def original_order(relpaths: Sequence[str], seed: int) -> list[str]:
+    """Original protocol: ``files = sorted(paths); random.seed(seed); random.shuffle(files)``.
+
+    A fresh local ``random.Random(seed)`` per call (the original re-seeds for every class); the
+    global ``random`` state is neither used nor touched.
+    """
+    files = sorted(str(p) for p in relpaths)
+    random.Random(int(seed)).shuffle(files)
+    return files
+
+
+def _sorted_by_stem(paths: Iterable[str]) -> list[str]:
+    return sorted(paths, key=lambda r: (stem_key(r), r))
 
 
 def _by_class(samples: Iterable[Sequence], num_classes: int) -> list[list[str]]:
@@ -122,7 +227,7 @@ def stratified_split(
     samples: Iterable[Sequence], classes: Sequence[str], *, seed: int = 42,
     fractions: Sequence[float] = DEFAULT_FRACTIONS,
 ) -> dict[str, list[list]]:
-    """Split ``(relpath, label)`` samples per class into ``{"train", "val", "test"}`` lists.
+    """Stratified protocol: split ``(relpath, label)`` samples per class into ``{"train", "val", "test"}``.
 
     Each list holds ``[relpath, label]`` pairs sorted by (label, stem) for readability.
     """
@@ -134,40 +239,121 @@ def stratified_split(
         cuts = {"train": shuffled[:n_train], "val": shuffled[n_train:n_train + n_val],
                 "test": shuffled[n_train + n_val:]}
         for name in SPLIT_NAMES:
-            parts[name].extend([p, label] for p in sorted(cuts[name], key=lambda r: (stem_key(r), r)))
+            parts[name].extend([p, label] for p in _sorted_by_stem(cuts[name]))
     return parts
+
+
+def original_split(
+    samples: Iterable[Sequence], classes: Sequence[str], *, seed: int = 42,
+    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+) -> dict[str, list[list]]:
+    """Original protocol: the authors' per-class sort + ``random.Random(seed)`` shuffle + ``int()`` cuts.
+
+    Lists are in the original order: class by class in label order, the shuffled order within
+    a class, so index ``i`` of a list is the original code's ``idx`` ``i``.
+    """
+    fractions = check_fractions(fractions)
+    parts: dict[str, list[list]] = {name: [] for name in SPLIT_NAMES}
+    for label, paths in enumerate(_by_class(samples, len(classes))):
+        files = original_order(paths, seed)
+        cut1, cut2 = original_cut_points(len(files), fractions)
+        for name, chunk in zip(SPLIT_NAMES, (files[:cut1], files[cut1:cut2], files[cut2:])):
+            parts[name].extend([p, label] for p in chunk)
+    return parts
+
+
+def split_samples(
+    samples: Iterable[Sequence], classes: Sequence[str], *, seed: int = 42,
+    fractions: Sequence[float] = DEFAULT_FRACTIONS, split_protocol: str = DEFAULT_PROTOCOL,
+) -> dict[str, list[list]]:
+    """The train/val/test lists of ``split_protocol`` (:func:`original_split` or :func:`stratified_split`)."""
+    split = original_split if check_protocol(split_protocol) == "original" else stratified_split
+    return split(samples, classes, seed=seed, fractions=fractions)
+
+
+def _check_train_per(train_per: float, *, transductive: bool) -> float:
+    if not 0.0 < float(train_per) <= 1.0 or (transductive and float(train_per) >= 1.0):
+        if transductive:
+            raise DmlrsError(f"--train-per {train_per} must be in (0, 1) with --transductive: the labelled "
+                             "fraction of each class (the rest of the class is the test split)")
+        raise DmlrsError(f"--train-per {train_per} must be in (0, 1]: the labelled fraction of the train split")
+    return float(train_per)
+
+
+def transductive_split(
+    samples: Iterable[Sequence], classes: Sequence[str], train_per: float, *, seed: int = 42,
+    split_protocol: str = DEFAULT_PROTOCOL,
+) -> dict[str, list[list]]:
+    """HR-S2DML's split: per class, train (= labelled) = the first part of the shuffled class, test = the rest.
+
+    Original protocol: ``files[:int(train_per * n)]`` of :func:`original_order`, lists in the
+    original order.  Stratified: ``min(n, max(1, round-half-up(n * train_per)))`` images of the
+    class's seeded order, lists sorted by (label, stem).  ``val`` is a copy of ``test`` (the
+    original selects the checkpoint on the test images).
+    """
+    train_per = _check_train_per(train_per, transductive=True)
+    original = check_protocol(split_protocol) == "original"
+    parts: dict[str, list[list]] = {"train": [], "test": []}
+    for label, (class_name, paths) in enumerate(zip(classes, _by_class(samples, len(classes)))):
+        if original:
+            files = original_order(paths, seed)
+            k = min(int(train_per * len(files)), len(files))
+            chunks = (files[:k], files[k:])
+        else:
+            files = _seeded_order(paths, seed, class_name)
+            k = min(len(files), max(1, _round_half_up(len(files) * train_per)))
+            chunks = (_sorted_by_stem(files[:k]), _sorted_by_stem(files[k:]))
+        for name, chunk in zip(("train", "test"), chunks):
+            parts[name].extend([p, label] for p in chunk)
+    return {"train": parts["train"], "val": [list(p) for p in parts["test"]], "test": parts["test"]}
 
 
 def labelled_subset(train: Sequence[Sequence], train_per: float, seed: int, classes: Sequence[str]) -> list[int]:
     """Indices (into ``train``) of the labelled fraction: per class, seeded, >= 1 image per class.
 
     Per class with ``m`` training images: ``k = max(1, floor(m * train_per + 0.5))`` (capped at m).
+    Used by both split protocols for the clean (non-transductive) semi-supervised mode.
     """
-    if not 0.0 < float(train_per) <= 1.0:
-        raise DmlrsError(f"--train-per {train_per} must be in (0, 1]: the labelled fraction of the train split")
+    train_per = _check_train_per(train_per, transductive=False)
     per_class: dict[int, list[int]] = {}
     for i, (_, label) in enumerate(train):
         per_class.setdefault(int(label), []).append(i)
     chosen: list[int] = []
     for label, idx in sorted(per_class.items()):
-        k = min(len(idx), max(1, _round_half_up(len(idx) * float(train_per))))
+        k = min(len(idx), max(1, _round_half_up(len(idx) * train_per)))
         rng = class_rng(seed, "labelled/" + str(classes[label]))
         chosen.extend(idx[j] for j in rng.permutation(len(idx))[:k])
     return sorted(chosen)
 
 
+def _warn_transductive() -> None:
+    warnings.warn(TRANSDUCTIVE_WARNING, stacklevel=3)
+    logger.warning(TRANSDUCTIVE_WARNING)
+
+
+def manifest_protocol(manifest: dict) -> str:
+    """The split protocol of a manifest (``"stratified"`` when it has no ``"protocol"`` key)."""
+    return manifest.get("protocol", LEGACY_PROTOCOL)
+
+
 def add_semi_supervised(manifest: dict, train_per: float, *, transductive: bool = False) -> dict:
     """Add the labelled/unlabelled partition to ``manifest`` (in place; also returned).
 
-    Default: unlabelled pool = the train images that are not labelled.
-    ``transductive=True`` (papers' protocol): unlabelled pool = the whole test split; warns about leakage.
+    Default: labelled = a seeded ``train_per`` fraction of the train split, unlabelled pool =
+    the other train images; val and test are unchanged.
+    ``transductive=True`` (HR-S2DML's protocol): the images of the manifest are re-cut by
+    :func:`transductive_split` with the manifest's seed and protocol (train = labelled,
+    val = test = the rest, unlabelled pool = the test split); warns about the leakage.
     """
-    labelled = labelled_subset(manifest["train"], train_per, manifest["seed"], manifest["classes"])
     if transductive:
-        warnings.warn(TRANSDUCTIVE_WARNING, stacklevel=2)
-        logger.warning(TRANSDUCTIVE_WARNING)
-        unlabelled, source = list(range(len(manifest["test"]))), "test"
+        train_per = _check_train_per(train_per, transductive=True)
+        samples = list(dict.fromkeys((p, lab) for key in SPLIT_NAMES for p, lab in manifest[key]))
+        manifest.update(transductive_split(samples, manifest["classes"], train_per, seed=manifest["seed"],
+                                           split_protocol=manifest_protocol(manifest)))
+        _warn_transductive()
+        labelled, unlabelled, source = list(range(len(manifest["train"]))), list(range(len(manifest["test"]))), "test"
     else:
+        labelled = labelled_subset(manifest["train"], train_per, manifest["seed"], manifest["classes"])
         taken = set(labelled)
         unlabelled, source = [i for i in range(len(manifest["train"])) if i not in taken], "train"
     manifest.update(train_per=float(train_per), transductive=bool(transductive), labelled=labelled,
@@ -178,24 +364,36 @@ def add_semi_supervised(manifest: dict, train_per: float, *, transductive: bool 
 def make_manifest(
     dataset: str, root: str | Path | None, classes: Sequence[str], samples: Iterable[Sequence], *,
     seed: int = 42, fractions: Sequence[float] = DEFAULT_FRACTIONS, train_per: float | None = None,
-    transductive: bool = False,
+    transductive: bool = False, split_protocol: str = DEFAULT_PROTOCOL,
 ) -> dict:
-    """Build a fresh manifest (see module doc) for a scanned dataset."""
+    """Build a fresh manifest (see module doc) for a scanned dataset; ``split_protocol`` defaults to the original."""
     fractions = check_fractions(fractions)
+    check_protocol(split_protocol)
     if transductive and train_per is None:
         raise DmlrsError("--transductive needs --train-per (it only applies to semi-supervised training)")
+    samples = list(samples)
     manifest = {
         "version": MANIFEST_VERSION, "dataset": str(dataset), "root": None if root is None else str(root),
-        "classes": list(classes), "seed": int(seed), "fractions": list(fractions),
-        **stratified_split(samples, classes, seed=seed, fractions=fractions),
+        "classes": list(classes), "seed": int(seed), "protocol": split_protocol, "fractions": list(fractions),
     }
+    if transductive:
+        manifest.update(transductive_split(samples, classes, train_per, seed=seed, split_protocol=split_protocol))
+        _warn_transductive()
+        manifest.update(train_per=float(train_per), transductive=True,
+                        labelled=list(range(len(manifest["train"]))),
+                        unlabelled=list(range(len(manifest["test"]))), unlabelled_source="test")
+        return manifest
+    manifest.update(split_samples(samples, classes, seed=seed, fractions=fractions, split_protocol=split_protocol))
     if train_per is not None:
-        add_semi_supervised(manifest, train_per, transductive=transductive)
+        add_semi_supervised(manifest, train_per, transductive=False)
     return manifest
 
 
 def manifest_hash(manifest: dict) -> str:
-    """sha256 of the canonical JSON of the classes, split lists and semi-supervised partition."""
+    """sha256 of the canonical JSON of the classes, split lists and semi-supervised partition.
+
+    Content only: seed, root, protocol and fractions are not hashed (the lists they produced are).
+    """
     keys = ("classes", "train", "val", "test", "labelled", "unlabelled", "unlabelled_source")
     content = {k: manifest[k] for k in keys if k in manifest}
     canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
@@ -222,7 +420,11 @@ def _check_pairs(manifest: dict, key: str, num_classes: int, path: Path) -> None
 
 
 def load_manifest(path: str | Path) -> dict:
-    """Read and validate a ``split.json``; any problem raises one DmlrsError naming the file."""
+    """Read and validate a ``split.json``; any problem raises one DmlrsError naming the file.
+
+    A manifest without ``"protocol"`` (written before dmlrs had the original protocol) is
+    returned with ``"protocol": "stratified"``, the protocol that made it.
+    """
     path = Path(path)
     if not path.is_file():
         raise DmlrsError(f"split file {path} not found; pass an existing split.json or omit --split-file")
@@ -238,12 +440,18 @@ def load_manifest(path: str | Path) -> dict:
     if manifest["version"] != MANIFEST_VERSION:
         raise DmlrsError(f"split file {path} has version {manifest['version']!r}, this dmlrs reads "
                          f"version {MANIFEST_VERSION}; regenerate it (omit --split-file)")
+    manifest.setdefault("protocol", LEGACY_PROTOCOL)
+    if manifest["protocol"] not in PROTOCOLS:
+        raise DmlrsError(f"split file {path} has protocol {manifest['protocol']!r}, this dmlrs knows "
+                         f"{', '.join(PROTOCOLS)}; regenerate it (omit --split-file)")
     if not isinstance(manifest["classes"], list) or not all(isinstance(c, str) for c in manifest["classes"]):
         raise DmlrsError(f"split file {path}: 'classes' must be a list of class names")
     for key in SPLIT_NAMES:
         _check_pairs(manifest, key, len(manifest["classes"]), path)
     if "labelled" in manifest:
         source = manifest.get("unlabelled_source", "train")
+        if source not in ("train", "test"):
+            raise DmlrsError(f"split file {path}: 'unlabelled_source' must be 'train' or 'test', not {source!r}")
         for key, pool in (("labelled", "train"), ("unlabelled", source)):
             idx = manifest.get(key)
             n = len(manifest.get(pool, []))
@@ -252,12 +460,29 @@ def load_manifest(path: str | Path) -> dict:
     return manifest
 
 
+def split_gaps(manifest: dict) -> list[str]:
+    """Notes for splits that miss whole classes (the original protocol cuts 3 images into 2/0/1)."""
+    notes = []
+    classes = manifest["classes"]
+    for key in SPLIT_NAMES:
+        if key == "val" and manifest.get("transductive") and manifest["val"] == manifest["test"]:
+            continue  # val is the test split; reported once, under test
+        present = {label for _, label in manifest[key]}
+        absent = [c for label, c in enumerate(classes) if label not in present]
+        if absent:
+            shown = ", ".join(absent[:5]) + (f", ... ({len(absent)} in all)" if len(absent) > 5 else "")
+            notes.append(f"the {key} split has no images of {len(absent)} class(es) "
+                         f"({manifest_protocol(manifest)} split protocol, classes too small): {shown}")
+    return notes
+
+
 def check_manifest_matches(manifest: dict, classes: Sequence[str], samples: Iterable[Sequence],
                            source: str = "split file") -> list[str]:
     """Check a reused manifest against the scanned dataset; returns warnings, raises on mismatch.
 
     Fails when the classes differ or when a listed image is not in the dataset (or has another
     label).  Images of the dataset that the manifest does not list only produce a warning.
+    An image listed in two splits (``val == test`` in a transductive manifest) is fine.
     """
     if list(manifest["classes"]) != list(classes):
         only_m = sorted(set(manifest["classes"]) - set(classes))

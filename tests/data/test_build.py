@@ -9,7 +9,7 @@ from dmlrs.data import build_data, save_manifest
 from dmlrs.data.dataset import SceneDataset
 from dmlrs.data.fixtures import LAYOUTS, write_fake_dataset, write_image_folder
 from dmlrs.data.noise import transition_matrix
-from dmlrs.data.splits import manifest_hash, split_counts
+from dmlrs.data.splits import manifest_hash, original_split_counts, split_counts
 from dmlrs.errors import DmlrsError
 
 
@@ -22,6 +22,7 @@ def test_demo_bundle():
     assert bundle.name == "demo" and bundle.root is None and bundle.image_size == 64
     assert bundle.num_classes == len(bundle.classes) == 10
     assert (len(bundle.train), len(bundle.val), len(bundle.test)) == tuple(10 * n for n in split_counts(60))
+    assert split_counts(60) == original_split_counts(60) == (42, 6, 12) and bundle.manifest["protocol"] == "original"
     assert _items(bundle.train) == _items(bundle.train_eval) == [tuple(p) for p in bundle.manifest["train"]]
     sample = bundle.train_eval[5]
     assert set(sample) == {"image", "label", "index"}
@@ -40,11 +41,14 @@ def test_demo_bundle():
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_fake_dataset_in_every_layout(tmp_path, layout):
     data = write_fake_dataset(tmp_path, "UCMD", layout=layout, per_class=3, size=16)
-    bundle = build_data("ucmerced", data, img_size=16)
+    bundle = build_data("ucmerced", data, img_size=16, split_protocol="stratified")
     assert bundle.name == "UCMD" and bundle.num_classes == 21 and bundle.image_size == 16
     assert bundle.root is not None and (bundle.root / bundle.manifest["test"][0][0]).is_file()
     for split in (bundle.train, bundle.val, bundle.test):
         assert Counter(label for _, label in split.items) == {c: 1 for c in range(21)}  # 3 -> 1/1/1
+    original = build_data("ucmerced", data, img_size=16)  # int(0.7 * 3), int(0.8 * 3) -> 2/0/1
+    assert [len(original.train), len(original.val), len(original.test)] == [42, 0, 21]
+    assert any("val split has no images of 21 class(es)" in w for w in original.warnings)
     sample = bundle.test[2]
     assert sample["image"].shape == (3, 16, 16) and sample["index"] == 2
     assert sample["label"] == bundle.manifest["test"][2][1]
@@ -59,10 +63,11 @@ def test_generic_folder_dataset(tmp_path):
     assert bundle.train[0]["image"].shape == (3, 12, 12)
 
 
-@pytest.mark.parametrize("noise_type", ["symmetric", "pairflip"])
-def test_label_noise_on_the_train_split_only(noise_type):
-    clean = build_data("demo")
-    bundle = build_data("demo", noise_type=noise_type, noise_rate=0.5)
+@pytest.mark.parametrize("protocol", ["original", "stratified"])
+@pytest.mark.parametrize("noise_type", ["symmetric", "cyclic"])
+def test_label_noise_on_the_train_split_only(noise_type, protocol):
+    clean = build_data("demo", split_protocol=protocol)
+    bundle = build_data("demo", noise_type=noise_type, noise_rate=0.5, split_protocol=protocol)
     assert torch.equal(bundle.train_clean_labels, clean.train_labels)
     changed = (bundle.train_labels != bundle.train_clean_labels).double().mean().item()
     assert bundle.noise == {"type": noise_type, "rate": 0.5, "realised_rate": pytest.approx(changed)}
@@ -87,9 +92,10 @@ def test_dependent_noise_on_fake_aid(tmp_path):
         build_data("AID", data, img_size=8, noise_type="dependent", noise_rate=0.2)
 
 
-def test_semi_supervised_bundle():
-    full = build_data("demo")
-    bundle = build_data("demo", train_per=0.2)
+@pytest.mark.parametrize("protocol", ["original", "stratified"])
+def test_semi_supervised_bundle(protocol):
+    full = build_data("demo", split_protocol=protocol)
+    bundle = build_data("demo", train_per=0.2, split_protocol=protocol)
     labelled, unlabelled = _items(bundle.train), _items(bundle.unlabelled)
     assert len(labelled) == 10 * max(1, int(42 * 0.2 + 0.5))
     assert sorted(labelled + unlabelled) == sorted(_items(full.train))
@@ -108,19 +114,25 @@ def test_semi_supervised_with_noise_keeps_labels_aligned():
     assert [lab for _, lab in bundle.train.items] == bundle.train_clean_labels.tolist()
 
 
-def test_transductive_mode_warns_and_uses_the_test_split():
+@pytest.mark.parametrize("protocol", ["original", "stratified"])
+def test_transductive_mode_warns_and_uses_the_test_split(protocol):
     with pytest.warns(UserWarning, match="leak"):
-        bundle = build_data("demo", train_per=0.2, transductive=True)
-    assert _items(bundle.unlabelled) == _items(bundle.test)
-    assert any("leak" in w for w in bundle.warnings) and "leak" in bundle.summary()
+        bundle = build_data("demo", train_per=0.2, transductive=True, split_protocol=protocol)
+    assert _items(bundle.unlabelled) == _items(bundle.test) == _items(bundle.val)
+    assert len(bundle.train) == 10 * 12 and len(bundle.test) == 10 * 48  # int(0.2 * 60) = 12 labelled per class
+    assert any("leak" in w and "model selection" in w for w in bundle.warnings) and "leak" in bundle.summary()
+    text = bundle.summary()
+    assert "600 images" in text and "train 120 / val 480 / test 480 (val = the test split)" in text
+    assert "  stripes_horizontal      60      12     48     48" in text  # per-class total not doubled
 
 
-def test_reused_split_file(tmp_path):
-    first = build_data("demo", seed=3)
+@pytest.mark.parametrize("protocol", ["original", "stratified"])
+def test_reused_split_file(tmp_path, protocol):
+    first = build_data("demo", seed=3, split_protocol=protocol)
     path = save_manifest(first.manifest, tmp_path / "split.json")
-    again = build_data("demo", split_file=path, seed=99)  # the file wins over the seed
+    again = build_data("demo", split_file=path, seed=99, split_protocol=protocol)  # the file wins over the seed
     assert again.manifest_hash == first.manifest_hash and _items(again.test) == _items(first.test)
-    semi = build_data("demo", split_file=path, train_per=0.2)
+    semi = build_data("demo", split_file=path, train_per=0.2, split_protocol=protocol)
     assert semi.manifest_hash != first.manifest_hash and semi.unlabelled is not None
     semi_path = save_manifest(semi.manifest, tmp_path / "semi.json")
     assert build_data("demo", split_file=semi_path, train_per=0.2).manifest_hash == semi.manifest_hash
@@ -139,12 +151,14 @@ def test_split_file_from_another_dataset_is_refused(tmp_path):
 
 
 def test_flag_errors():
-    with pytest.raises(DmlrsError, match="--noise-type"):
+    with pytest.raises(DmlrsError, match="--noiseType"):
         build_data("demo", noise_rate=0.2)
     with pytest.raises(DmlrsError, match="--train-per"):
         build_data("demo", transductive=True)
     with pytest.raises(DmlrsError, match="--img-size"):
         build_data("demo", img_size=2)
+    with pytest.raises(DmlrsError, match="--split-protocol"):
+        build_data("demo", split_protocol="paper")
 
 
 def test_scene_dataset_contract(tmp_path):

@@ -25,12 +25,20 @@ def fake_aid(tmp_path):
 
 
 def test_reports_classes_split_duplicates_and_counts(fake_aid, capsys):
-    assert main(["--dataset", "AID", "--data", str(fake_aid), "--seed", "1"]) == 0
+    assert main(["--dataset", "AID", "--data", str(fake_aid), "--seed", "1", "--split-protocol", "stratified"]) == 0
     out = capsys.readouterr().out
-    assert "dataset AID: 30 classes, 91 images" in out
+    assert "dataset AID: 30 classes, 91 images" in out and "split protocol stratified, seed 1" in out
     assert "train 31 / val 30 / test 30" in out  # 3 -> 1/1/1 per class; Industrial 4 -> 2/1/1
     assert "Industrial/industrial_000.jpg == Industrial/industrial_009.jpg" in out
     assert "official AID counts" in out and "problems found: " in out and "problems found: none" not in out
+
+
+def test_original_protocol_is_the_default(fake_aid, capsys):
+    assert main(["--dataset", "AID", "--data", str(fake_aid)]) == 0
+    out = capsys.readouterr().out
+    assert "split protocol original, seed 42" in out
+    # int(0.7 * 3), int(0.8 * 3) = 2, 2 -> 2/0/1 per class; Industrial 4: int(2.8), int(3.2) = 2, 3 -> 2/1/1
+    assert "train 60 / val 1 / test 30" in out and "val split has no images of 29 class(es)" in out
 
 
 def test_corrupt_image_is_an_error_unless_skipped(fake_aid, capsys):

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dmlrs.data.noise import DEPENDENT_TABLES_FILE, NOISE_TYPES, apply_label_noise, transition_matrix
+from dmlrs.data.noise import (DEPENDENT_TABLES_FILE, NOISE_TYPES, apply_label_noise, sample_multinomial,
+                              transition_matrix)
 from dmlrs.errors import DmlrsError
 
 REFERENCE_JSON = Path("/work/shared/reference/label_dependent_noise.json")
@@ -25,7 +26,7 @@ def _reference_matrix(noise_type, rate, c):
                 m[y, k] = 1.0 - rate
             elif noise_type == "symmetric":
                 m[y, k] = rate / (c - 1)
-            elif noise_type == "pairflip" and k == (y + 1) % c:
+            elif noise_type == "cyclic" and k == (y + 1) % c:
                 m[y, k] = rate
     return m
 
@@ -34,21 +35,22 @@ def _tables():
     return json.loads(DEPENDENT_TABLES_FILE.read_text())
 
 
-@pytest.mark.parametrize("noise_type", ["symmetric", "pairflip"])
+@pytest.mark.parametrize("noise_type", ["symmetric", "cyclic"])
 @pytest.mark.parametrize("rate", (0.0,) + RATES)
-def test_symmetric_and_pairflip_matrices(noise_type, rate):
+def test_symmetric_and_cyclic_matrices(noise_type, rate):
     m = transition_matrix(noise_type, rate, 6)
     np.testing.assert_allclose(m, _reference_matrix(noise_type, rate, 6), rtol=0, atol=1e-15)
     np.testing.assert_allclose(m.sum(axis=1), 1.0, atol=1e-12)
 
 
+@pytest.mark.parametrize("noise_type", ["dependent", "pairflip"])  # pairflip: the original's name for it
 @pytest.mark.parametrize("dataset", ["AID", "NWPU-RESISC45"])
 @pytest.mark.parametrize("rate", RATES)
-def test_dependent_matrices_follow_the_table_by_class_name(dataset, rate):
+def test_dependent_matrices_follow_the_table_by_class_name(dataset, rate, noise_type):
     key = "AID" if dataset == "AID" else "NWPU45"
     table = _tables()[key]
     names = list(reversed(table["classes"]))  # another label order: rows must follow the names
-    m = transition_matrix("dependent", rate, len(names), class_names=names, dataset=dataset)
+    m = transition_matrix(noise_type, rate, len(names), class_names=names, dataset=dataset)
     np.testing.assert_allclose(m.sum(axis=1), 1.0, atol=1e-9)
     for true_name, row in table["matrices"][str(rate)].items():
         for noisy_name in names:
@@ -57,12 +59,14 @@ def test_dependent_matrices_follow_the_table_by_class_name(dataset, rate):
     assert np.allclose(np.diag(m), 1.0 - rate)
 
 
+@pytest.mark.parametrize("protocol", ["original", "stratified"])
 @pytest.mark.parametrize("noise_type", NOISE_TYPES)
-def test_sampling_follows_the_matrix(noise_type):
+def test_sampling_follows_the_matrix(noise_type, protocol):
     classes = _tables()["AID"]["classes"][:30]
     c, per_class = 30, 4000
     labels = np.repeat(np.arange(c), per_class)
-    noisy, realised = apply_label_noise(labels, c, noise_type, 0.3, seed=0, class_names=classes, dataset="AID")
+    noisy, realised = apply_label_noise(labels, c, noise_type, 0.3, seed=0, class_names=classes, dataset="AID",
+                                        split_protocol=protocol)
     m = transition_matrix(noise_type, 0.3, c, class_names=classes, dataset="AID")
     freq = np.zeros((c, c))
     for y, k in zip(labels, noisy):
@@ -74,32 +78,53 @@ def test_sampling_follows_the_matrix(noise_type):
     assert realised == pytest.approx(1 - np.diag(m).mean(), abs=0.01)
 
 
-@pytest.mark.parametrize("noise_type", ["symmetric", "pairflip"])
+@pytest.mark.parametrize("protocol", ["original", "stratified"])
+@pytest.mark.parametrize("noise_type", ["symmetric", "cyclic"])
 @pytest.mark.parametrize("rate", RATES)
-def test_realised_rate_is_close_to_the_nominal_rate(noise_type, rate):
+def test_realised_rate_is_close_to_the_nominal_rate(noise_type, rate, protocol):
     labels = np.arange(5000) % 7
-    noisy, realised = apply_label_noise(labels, 7, noise_type, rate, seed=1)
+    noisy, realised = apply_label_noise(labels, 7, noise_type, rate, seed=1, split_protocol=protocol)
     assert abs(realised - rate) < 0.03
     assert noisy.dtype == np.int64 and noisy.min() >= 0 and noisy.max() < 7
-    if noise_type == "pairflip":
+    if noise_type == "cyclic":
         changed = noisy != labels
         assert np.all(noisy[changed] == (labels[changed] + 1) % 7)
 
 
-def test_noise_is_seeded():
+@pytest.mark.parametrize("protocol", ["original", "stratified"])
+def test_noise_is_seeded(protocol):
     labels = np.arange(300) % 5
-    a, _ = apply_label_noise(labels, 5, "symmetric", 0.4, seed=3)
-    b, _ = apply_label_noise(labels, 5, "symmetric", 0.4, seed=3)
-    c, _ = apply_label_noise(labels, 5, "symmetric", 0.4, seed=4)
+    a, _ = apply_label_noise(labels, 5, "symmetric", 0.4, seed=3, split_protocol=protocol)
+    b, _ = apply_label_noise(labels, 5, "symmetric", 0.4, seed=3, split_protocol=protocol)
+    c, _ = apply_label_noise(labels, 5, "symmetric", 0.4, seed=4, split_protocol=protocol)
     assert np.array_equal(a, b) and not np.array_equal(a, c)
 
 
+def test_protocols_draw_differently_and_default_is_original():
+    labels = np.arange(300) % 5
+    original, _ = apply_label_noise(labels, 5, "symmetric", 0.4, seed=3, split_protocol="original")
+    stratified, _ = apply_label_noise(labels, 5, "symmetric", 0.4, seed=3, split_protocol="stratified")
+    default, _ = apply_label_noise(labels, 5, "symmetric", 0.4, seed=3)
+    assert np.array_equal(default, original) and not np.array_equal(original, stratified)
+    with pytest.raises(DmlrsError, match="--split-protocol"):
+        apply_label_noise(labels, 5, "symmetric", 0.4, seed=3, split_protocol="legacy")
+
+
+@pytest.mark.parametrize("protocol", ["original", "stratified"])
 @pytest.mark.parametrize("noise_type", NOISE_TYPES)
-def test_rate_zero_is_identity(noise_type):
+def test_rate_zero_is_identity(noise_type, protocol):
     labels = np.arange(100) % 4
-    noisy, realised = apply_label_noise(labels, 4, noise_type, 0.0, seed=0, dataset="custom")
+    noisy, realised = apply_label_noise(labels, 4, noise_type, 0.0, seed=0, dataset="custom", split_protocol=protocol)
     assert np.array_equal(noisy, labels) and realised == 0.0
     assert noisy is not labels
+
+
+def test_original_sampler_refuses_bad_matrices():
+    labels = np.array([0, 1])
+    with pytest.raises(DmlrsError, match="rows summing to 1"):
+        sample_multinomial(labels, np.array([[0.5, 0.4], [0.0, 1.0]]), 42)
+    with pytest.raises(DmlrsError, match=">= 0"):
+        sample_multinomial(labels, np.array([[1.2, -0.2], [0.0, 1.0]]), 42)
 
 
 def test_errors_name_what_exists():
@@ -110,10 +135,23 @@ def test_errors_name_what_exists():
         transition_matrix("dependent", 0.3, 21, class_names=[str(i) for i in range(21)], dataset="UCMD")
     with pytest.raises(DmlrsError, match="not in data"):
         transition_matrix("dependent", 0.3, 30, class_names=classes[:-1] + ["Other"], dataset="AID")
-    with pytest.raises(DmlrsError, match="symmetric, pairflip, dependent"):
+    with pytest.raises(DmlrsError, match="symmetric, pairflip, dependent, cyclic"):
         transition_matrix("uniform", 0.3, 5)
-    with pytest.raises(DmlrsError, match="--noise-rate"):
+    with pytest.raises(DmlrsError, match="--noiseRate"):
         transition_matrix("symmetric", 1.0, 5)
+
+
+def test_the_original_pairflip_is_the_label_dependent_noise_or_refused():
+    classes = _tables()["AID"]["classes"]
+    labels = np.arange(3000) % 30
+    pairflip = apply_label_noise(labels, 30, "pairflip", 0.3, seed=42, class_names=classes, dataset="AID")
+    dependent = apply_label_noise(labels, 30, "dependent", 0.3, seed=42, class_names=classes, dataset="AID")
+    assert np.array_equal(pairflip[0], dependent[0]) and pairflip[1] == dependent[1]
+    cyclic, _ = apply_label_noise(labels, 30, "cyclic", 0.3, seed=42, class_names=classes, dataset="AID")
+    assert not np.array_equal(pairflip[0], cyclic)
+    with pytest.raises(DmlrsError, match="--noiseType cyclic") as error:
+        transition_matrix("pairflip", 0.3, 21, class_names=[str(i) for i in range(21)], dataset="UCMD")
+    assert "original code's pairflip" in str(error.value)
     with pytest.raises(DmlrsError, match="0..3"):
         apply_label_noise([0, 4], 4, "symmetric", 0.2, seed=0)
 

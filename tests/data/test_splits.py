@@ -1,5 +1,7 @@
-"""Split properties: disjoint, complete, stratified, deterministic, order/extension independent;
-manifest round-trip, hash, mismatch errors; semi-supervised partition and transductive warning."""
+"""Split properties: disjoint, complete, stratified, deterministic, order/extension independent
+(stratified protocol); manifest round-trip, hash, mismatch errors (both protocols);
+semi-supervised partition and transductive warning.  The file-for-file comparison of the
+original protocol with the authors' code is in test_original_protocol.py."""
 import json
 import random
 from collections import Counter
@@ -80,13 +82,16 @@ def test_adding_a_class_does_not_reshuffle_the_others():
         assert [s for s in extended[key] if s[1] < 3] == base[key]
 
 
-def test_manifest_round_trip_and_hash(tmp_path):
-    manifest = make_manifest("toy", tmp_path, CLASSES, _samples(), seed=5)
+@pytest.mark.parametrize("protocol", ["original", "stratified"])
+def test_manifest_round_trip_and_hash(tmp_path, protocol):
+    manifest = make_manifest("toy", tmp_path, CLASSES, _samples(), seed=5, split_protocol=protocol)
+    assert manifest["protocol"] == protocol
     path = save_manifest(manifest, tmp_path / "runs" / "split.json")
     loaded = load_manifest(path)
     assert loaded == manifest
     assert manifest_hash(loaded) == manifest_hash(manifest)
-    assert {"version", "dataset", "root", "classes", "seed", "fractions", "train", "val", "test"} <= set(loaded)
+    assert {"version", "dataset", "root", "classes", "seed", "protocol", "fractions", "train", "val", "test"} \
+        <= set(loaded)
     assert not list(path.parent.glob("*.tmp"))  # atomic write leaves no temp file
     moved = dict(loaded, train=loaded["train"][1:] + loaded["train"][:1])
     assert manifest_hash(moved) != manifest_hash(loaded)
@@ -99,6 +104,8 @@ def test_manifest_round_trip_and_hash(tmp_path):
     (json.dumps({"version": 1, "classes": ["a"]}), "lacks"),
     (json.dumps({"version": 9, "classes": ["a"], "train": [], "val": [], "test": []}), "version"),
     (json.dumps({"version": 1, "classes": ["a"], "train": [["x.jpg", 3]], "val": [], "test": []}), "'train'"),
+    (json.dumps({"version": 1, "classes": ["a"], "protocol": "random", "train": [], "val": [], "test": []}),
+     "protocol 'random'"),
 ])
 def test_bad_manifest_files_raise_clear_errors(tmp_path, content, message):
     path = tmp_path / "split.json"
@@ -113,8 +120,9 @@ def test_missing_manifest_file(tmp_path):
         load_manifest(tmp_path / "nope.json")
 
 
-def test_reused_manifest_must_match_the_data():
-    manifest = make_manifest("toy", None, CLASSES, _samples(), seed=5)
+@pytest.mark.parametrize("protocol", ["original", "stratified"])
+def test_reused_manifest_must_match_the_data(protocol):
+    manifest = make_manifest("toy", None, CLASSES, _samples(), seed=5, split_protocol=protocol)
     assert check_manifest_matches(manifest, CLASSES, _samples()) == []
     with pytest.raises(DmlrsError, match="classes do not match"):
         check_manifest_matches(manifest, ["alpha", "beta", "omega"], _samples())
@@ -128,8 +136,10 @@ def test_reused_manifest_must_match_the_data():
     assert len(notes) == 1 and "1 image" in notes[0]
 
 
-def test_semi_supervised_partition_of_the_train_split():
-    manifest = make_manifest("toy", None, CLASSES, _samples(sizes=[40, 30, 20]), seed=5, train_per=0.2)
+@pytest.mark.parametrize("protocol", ["original", "stratified"])
+def test_semi_supervised_partition_of_the_train_split(protocol):
+    manifest = make_manifest("toy", None, CLASSES, _samples(sizes=[40, 30, 20]), seed=5, train_per=0.2,
+                             split_protocol=protocol)
     n_train = len(manifest["train"])
     labelled, unlabelled = manifest["labelled"], manifest["unlabelled"]
     assert manifest["unlabelled_source"] == "train"
@@ -138,19 +148,45 @@ def test_semi_supervised_partition_of_the_train_split():
     per_class_labelled = Counter(manifest["train"][i][1] for i in labelled)
     for label, m in per_class_train.items():
         assert per_class_labelled[label] == max(1, int(m * 0.2 + 0.5))
-    again = make_manifest("toy", None, CLASSES, _samples(sizes=[40, 30, 20]), seed=5, train_per=0.2)
+    again = make_manifest("toy", None, CLASSES, _samples(sizes=[40, 30, 20]), seed=5, train_per=0.2,
+                          split_protocol=protocol)
     assert again["labelled"] == labelled
-    other = make_manifest("toy", None, CLASSES, _samples(sizes=[40, 30, 20]), seed=6, train_per=0.2)
+    other = make_manifest("toy", None, CLASSES, _samples(sizes=[40, 30, 20]), seed=6, train_per=0.2,
+                          split_protocol=protocol)
     assert other["train"] != manifest["train"] or other["labelled"] != labelled
 
 
-def test_transductive_mode_uses_the_test_split_and_warns():
-    manifest = make_manifest("toy", None, CLASSES, _samples(), seed=5)
+@pytest.mark.parametrize("protocol", ["original", "stratified"])
+def test_transductive_mode_recuts_the_classes_and_warns(protocol):
+    manifest = make_manifest("toy", None, CLASSES, _samples(), seed=5, split_protocol=protocol)
     with pytest.warns(UserWarning, match="leak"):
         add_semi_supervised(manifest, 0.5, transductive=True)
-    assert manifest["unlabelled_source"] == "test"
+    with pytest.warns(UserWarning, match="model selection"):
+        fresh = make_manifest("toy", None, CLASSES, _samples(), seed=5, split_protocol=protocol,
+                              train_per=0.5, transductive=True)
+    assert manifest == fresh  # adding the partition to a 70/10/20 manifest re-cuts it the same way
+    assert manifest["unlabelled_source"] == "test" and manifest["val"] == manifest["test"]
     assert manifest["unlabelled"] == list(range(len(manifest["test"])))
+    assert manifest["labelled"] == list(range(len(manifest["train"])))
+    assert sorted(_paths(manifest, "train") + _paths(manifest, "test")) == sorted(p for p, _ in _samples())
     with pytest.raises(DmlrsError, match="--train-per"):
         make_manifest("toy", None, CLASSES, _samples(), transductive=True)
     with pytest.raises(DmlrsError, match="--train-per"):
         add_semi_supervised(manifest, 0.0)
+    with pytest.raises(DmlrsError, match=r"\(0, 1\) with --transductive"):
+        make_manifest("toy", None, CLASSES, _samples(), train_per=1.0, transductive=True)
+
+
+def test_stratified_transductive_counts():
+    with pytest.warns(UserWarning):
+        manifest = make_manifest("toy", None, CLASSES, _samples(), seed=5, split_protocol="stratified",
+                                 train_per=0.2, transductive=True)
+    # max(1, round half up(n * 0.2)) labelled per class, lists sorted by (label, stem)
+    assert Counter(lab for _, lab in manifest["train"]) == {0: 4, 1: 1, 2: 1}
+    for key in ("train", "test"):
+        assert manifest[key] == sorted(manifest[key], key=lambda p: (p[1], stem_key(p[0])))
+
+
+def test_unknown_protocol_is_refused():
+    with pytest.raises(DmlrsError, match="--split-protocol 'clever'"):
+        make_manifest("toy", None, CLASSES, _samples(), split_protocol="clever")
