@@ -2,13 +2,16 @@
 
 Each entry script adds its method's flags and paper defaults, then calls :func:`main`. The
 original scripts' flag names (``--data``, ``--dataset``, ``-b``, ``--num_workers``, ``--epochs``,
-``--lr``, ``--resume``, ``--dim``, ``--temperature``, ``--margin``, ``--model``, ``--imgEXT``) keep
-working.
+``--lr``, ``--resume``, ``--dim``, ``--temperature``, ``--margin``, ``--model``, ``--imgEXT``,
+``--lambda_``, ``--memory-momentum``, ``--train_per``, ``--noiseType``, ``--noiseRate``, ``--q``,
+``--k``, ``--start_prune``) keep working with the original meaning; ``--temperature`` and
+``--margin`` exist only on the scripts whose method has them.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Callable
@@ -16,6 +19,7 @@ from typing import Callable
 import torch
 
 from dmlrs.data import build_data, get_spec, save_manifest
+from dmlrs.data.splits import DEFAULT_PROTOCOL, PROTOCOLS
 from dmlrs.engine import run_folder
 from dmlrs.engine.checkpoint import load_checkpoint
 from dmlrs.engine.config import SELECT_METRICS, TrainConfig
@@ -30,8 +34,22 @@ BuildMethod = Callable[[argparse.Namespace, object], Method]
 
 PAPER_BATCH_SIZE = 256
 DEMO_BATCH_SIZE = 64  # the demo's 420 training images would make one step per epoch at 256
-PAPER_LR = 0.1
-DEMO_LR = 0.01  # from random init on 420 images, 0.1 diverged (CDNE demo test kNN 16.7% vs 67.5%)
+PAPER_LR = 0.1  # the papers' rate, for fine-tuning ImageNet weights
+SCRATCH_LR = 0.01  # --weights none: lr 0.1 from random init diverged on AID (CE 48 -> 60) and the demo
+ORIGINAL_NUM_WORKERS = 8
+
+
+def available_cores() -> int:
+    """CPU cores this process may use (the affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def default_num_workers() -> int:
+    """The original scripts' 8 loader workers, at most one per available core."""
+    return max(1, min(ORIGINAL_NUM_WORKERS, available_cores()))
 
 
 def positive_int(text: str) -> int:
@@ -55,6 +73,13 @@ def non_negative_float(text: str) -> float:
     return value
 
 
+def finite_float(text: str) -> float:
+    value = float(text)
+    if value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
 def fraction(text: str) -> float:
     value = float(text)
     if not 0 <= value <= 1:
@@ -62,7 +87,7 @@ def fraction(text: str) -> float:
     return value
 
 
-def base_parser() -> argparse.ArgumentParser:
+def base_parser(paper_batch_size: int = PAPER_BATCH_SIZE) -> argparse.ArgumentParser:
     """Flags shared by every method (a parent parser, DINO style)."""
     parser = argparse.ArgumentParser(add_help=False)
     data = parser.add_argument_group("data")
@@ -73,25 +98,30 @@ def base_parser() -> argparse.ArgumentParser:
                       help="folder that holds the dataset (or is the dataset folder)")
     data.add_argument("--split-file", default=None, metavar="SPLIT_JSON",
                       help="reuse the split of an earlier run (its split.json)")
-    data.add_argument("--seed", type=int, default=42, help="seed of the split, the noise and training")
+    data.add_argument("--split-protocol", default=DEFAULT_PROTOCOL, choices=PROTOCOLS,
+                      help="original: the authors' per-class split (sorted files, random.seed(SEED) shuffle, "
+                           "int(0.7n)/int(0.8n) cuts) and noise draws, file for file; stratified: dmlrs's "
+                           "extension-independent split with rounded counts")
+    data.add_argument("--seed", type=int, default=42,
+                      help="seed of the split, the noise and training (42 = the original's split and noise)")
     data.add_argument("--img-size", type=positive_int, default=None,
                       help="images are resized to SIZE x SIZE (default 256, 64 for demo)")
     data.add_argument("--skip-corrupt", action="store_true", help="skip unreadable images instead of stopping")
     data.add_argument("--imgEXT", default=None, help=argparse.SUPPRESS)  # old flag: extensions are detected
     model = parser.add_argument_group("model")
-    model.add_argument("--model", default="resnet18", choices=sorted(BACKBONES), help="backbone")
+    model.add_argument("--model", default="resnet18", type=str.lower, choices=sorted(BACKBONES),
+                       help="backbone (case-insensitive: the original's ResNet18/ResNet50 work)")
     model.add_argument("--weights", default=None, metavar="imagenet|none|PATH",
                        help="backbone initialisation (default: imagenet, none for --dataset demo)")
     model.add_argument("--dim", type=positive_int, default=128, help="embedding size (code bits for CDNE)")
-    loss = parser.add_argument_group("loss")
-    loss.add_argument("--temperature", type=positive_float, default=0.05, help="softmax temperature T")
-    loss.add_argument("--margin", type=non_negative_float, default=0.0, help="loss margin")
-    optim = parser.add_argument_group("optimisation (paper defaults)")
+    optim = parser.add_argument_group("optimisation (defaults: the original code's)")
     optim.add_argument("-b", "--batch-size", "--batch_size", dest="batch_size", type=positive_int, default=None,
-                       help=f"images per batch (default: {PAPER_BATCH_SIZE}, the papers'; {DEMO_BATCH_SIZE} for --dataset demo)")
+                       help=f"images per batch (default: {paper_batch_size}, the original's; {DEMO_BATCH_SIZE} "
+                            "for --dataset demo)")
     optim.add_argument("--epochs", type=positive_int, default=130)
     optim.add_argument("--lr", type=positive_float, default=None,
-                       help=f"learning rate (default: {PAPER_LR}, the papers'; {DEMO_LR} for --dataset demo)")
+                       help=f"learning rate (default: {PAPER_LR}, the papers' for ImageNet weights; "
+                            f"{SCRATCH_LR} with --weights none, where {PAPER_LR} diverges)")
     optim.add_argument("--momentum", type=non_negative_float, default=0.9, help="SGD momentum")
     optim.add_argument("--weight-decay", "--wd", dest="weight_decay", type=non_negative_float, default=1e-4)
     optim.add_argument("--lr-step", type=positive_int, default=30, help="StepLR step size (epochs)")
@@ -106,10 +136,14 @@ def base_parser() -> argparse.ArgumentParser:
     run.add_argument("--amp", action="store_true", help="mixed precision (bf16/fp16 autocast; losses in fp32)")
     run.add_argument("--channels-last", action="store_true")
     run.add_argument("--deterministic", action="store_true", help="deterministic algorithms only")
-    run.add_argument("-j", "--num_workers", "--num-workers", dest="num_workers", type=int, default=4)
+    run.add_argument("-j", "--num_workers", "--num-workers", dest="num_workers", type=int,
+                     default=default_num_workers(),
+                     help=f"data loader processes (default: the original's {ORIGINAL_NUM_WORKERS}, at most "
+                          "the number of available cores)")
     run.add_argument("--eval-every", type=positive_int, default=1, help="validate every N epochs")
     run.add_argument("--select-metric", default="knn_acc", choices=SELECT_METRICS,
-                     help="validation metric that picks best.pt (papers: kNN accuracy)")
+                     help="validation metric that picks best.pt (the originals: kNN accuracy; CDNE: Hamming "
+                          "precision@20)")
     run.add_argument("--steps-per-epoch", type=positive_int, default=None,
                      help="cap the optimizer steps per epoch (quick checks)")
     run.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
@@ -117,48 +151,86 @@ def base_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def add_memory_arguments(group) -> None:
-    """Flags of the memory-bank methods (SNCA-CE, SNCA-CE (MU), CDNE)."""
-    group.add_argument("--memory-momentum", type=fraction, default=0.5,
-                       help="initial memory momentum mu (raised to 0.8 at epoch 80 and 0.9 at epoch 120)")
+def add_temperature_argument(group, default: float, help: str) -> None:
+    group.add_argument("--temperature", type=positive_float, default=default, help=help)
+
+
+def add_margin_argument(group, default: float, help: str) -> None:
+    group.add_argument("--margin", type=non_negative_float, default=default, help=help)
+
+
+def add_memory_momentum_argument(group) -> None:
+    """Flag of the momentum-averaged memory (MB variants)."""
+    group.add_argument("--memory-momentum", "--m-mementum", dest="memory_momentum", type=fraction, default=0.5,
+                       help="MB: initial memory momentum mu (raised to 0.8 at epoch 80 and 0.9 at epoch 120, "
+                            "0-based, as the original)")
+
+
+def add_ema_arguments(group) -> None:
+    """Flags of the momentum (EMA) encoder that fills the memory (MU variants)."""
+    from dmlrs.memory import EMA_BN_MODES
+
     group.add_argument("--ema", type=fraction, default=0.999,
-                       help="decay of the momentum (EMA) encoder that fills the memory in the MU variant")
+                       help="MU: decay of the momentum (EMA) encoder that fills the memory")
+    group.add_argument("--ema-bn", default="train", choices=EMA_BN_MODES,
+                       help="MU: batch norm of the EMA encoder: train = statistics of the key batch (the "
+                            "original), eval = running statistics copied from the model")
 
 
-def add_snca_ce_arguments(group) -> None:
-    """Flags of SNCA-CE, shared by its MB and MU scripts."""
-    group.add_argument("--lambda_", "--lambda", dest="lambda_", type=float, default=1.0,
-                       help="weight of the cross-entropy term")
-    add_memory_arguments(group)
+def add_snca_arguments(group) -> None:
+    """Temperature, margin and lambda of the SNCA term (SNCA-CE MB/MU, CDNE)."""
+    add_temperature_argument(group, 0.05, "SNCA temperature T")
+    add_margin_argument(group, 0.0, "SNCA margin in cosine units (the original's --margin)")
+    group.add_argument("--lambda_", "--lambda", dest="lambda_", type=non_negative_float, default=1.0,
+                       help="weight of the SNCA term, as the original: lambda * SNCA + CE (0 = the plain "
+                            "softmax/cross-entropy baseline)")
 
 
 def make_parser(description: str | None, add_arguments: Callable[[argparse.ArgumentParser], None] | None,
-                defaults: dict | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=description, parents=[base_parser()],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                defaults: dict | None = None, *, paper_batch_size: int = PAPER_BATCH_SIZE) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description, parents=[base_parser(paper_batch_size)],
+                                     formatter_class=HelpFormatter)
     if add_arguments is not None:
-        add_arguments(parser.add_argument_group("method"))
+        add_arguments(parser.add_argument_group(
+            "method (defaults: the paper's, as its authors' code runs it; docs/fidelity.md lists every departure)"))
     if defaults:
         parser.set_defaults(**defaults)
     return parser
 
 
-def resolve_dataset_defaults(args: argparse.Namespace) -> None:
-    """Fill the flags whose default depends on the dataset (recorded resolved in config.json):
-    the demo data trains from scratch (no ImageNet weights offline) on smaller batches at a
-    smaller learning rate."""
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keeps the script docstring's layout and shows every flag's default (once: a help text
+    that already explains its default is left as it is)."""
+
+    def _get_help_string(self, action):
+        if "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def resolve_dataset_defaults(args: argparse.Namespace, paper_batch_size: int = PAPER_BATCH_SIZE) -> list[str]:
+    """Fill the flags whose default depends on the run (recorded resolved in config.json); returns
+    notes to print. The demo data trains from scratch (no ImageNet weights offline) on smaller
+    batches; training from scratch (``--weights none``) lowers the default lr to 0.01."""
+    notes = []
     demo = str(args.dataset).lower() == "demo"
     if args.weights is None:
         args.weights = "none" if demo else "imagenet"
     if args.batch_size is None:
-        args.batch_size = DEMO_BATCH_SIZE if demo else PAPER_BATCH_SIZE
+        args.batch_size = DEMO_BATCH_SIZE if demo else paper_batch_size
     if args.lr is None:
-        args.lr = DEMO_LR if demo else PAPER_LR
+        args.lr = SCRATCH_LR if args.weights == "none" else PAPER_LR
+        if args.weights == "none":
+            notes.append(f"note: --weights none: default learning rate lowered to {SCRATCH_LR} (the papers' "
+                         f"{PAPER_LR} fine-tunes ImageNet weights and diverged from random init on AID); "
+                         "pass --lr to choose")
+    return notes
 
 
-def model_from_args(args: argparse.Namespace, *, num_classes: int | None = None, head: str = "embedding"):
+def model_from_args(args: argparse.Namespace, *, num_classes: int | None = None, head: str = "embedding",
+                    standardize: bool = False):
     return build_model(args.model, args.dim, weights=args.weights, num_classes=num_classes,
-                       head=head, channels_last=args.channels_last)
+                       head=head, channels_last=args.channels_last, standardize=standardize)
 
 
 def train_config(args: argparse.Namespace) -> TrainConfig:
@@ -180,16 +252,17 @@ def dataset_label(dataset: str) -> str:
 
 
 def main(method_name: str, description: str | None, add_arguments, build_method: BuildMethod,
-         defaults: dict | None = None, argv: list[str] | None = None) -> int:
+         defaults: dict | None = None, argv: list[str] | None = None, *,
+         paper_batch_size: int = PAPER_BATCH_SIZE) -> int:
     """Parse flags and run; user errors end as one ``error:`` line and exit status 2."""
-    parser = make_parser(description, add_arguments, defaults)
+    parser = make_parser(description, add_arguments, defaults, paper_batch_size=paper_batch_size)
     args = parser.parse_args(argv)
     try:
         saved = _saved_run_settings(args)
         if saved:  # --evaluate/--resume CKPT: the run's own settings, overridden by flags given now
             parser.set_defaults(**saved)
             args = parser.parse_args(argv)
-        return run(method_name, args, build_method)
+        return run(method_name, args, build_method, paper_batch_size=paper_batch_size)
     except DmlrsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -206,8 +279,10 @@ def _saved_run_settings(args: argparse.Namespace) -> dict:
     return {k: v for k, v in saved.items() if k not in ("resume", "evaluate", "out")}
 
 
-def run(method_name: str, args: argparse.Namespace, build_method: BuildMethod) -> int:
-    resolve_dataset_defaults(args)
+def run(method_name: str, args: argparse.Namespace, build_method: BuildMethod, *,
+        paper_batch_size: int = PAPER_BATCH_SIZE) -> int:
+    for note in resolve_dataset_defaults(args, paper_batch_size):
+        print(note, flush=True)
     settings = {**vars(args), "method": method_name}
     label = dataset_label(args.dataset)
     run_dir, checkpoint = _resume_target(args, method_name, label, settings)
@@ -218,7 +293,7 @@ def run(method_name: str, args: argparse.Namespace, build_method: BuildMethod) -
                       train_per=getattr(args, "train_per", None),
                       transductive=getattr(args, "transductive", False),
                       noise_type=getattr(args, "noiseType", None), noise_rate=getattr(args, "noiseRate", 0.0),
-                      skip_corrupt=args.skip_corrupt)
+                      skip_corrupt=args.skip_corrupt, split_protocol=args.split_protocol)
     print(data.summary(), flush=True)
     seed_everything(args.seed)
     set_deterministic(args.deterministic)

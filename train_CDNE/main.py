@@ -1,6 +1,13 @@
 """CDNE: deep hashing by class-discriminated neighbourhood embedding, SNCA on relaxed codes +
 cross-entropy + quantization, memory filled by momentum averaging (MB) or a momentum encoder (MU)
-(Kang et al., JSTARS 2020). ``--dim`` is the code length in bits (16/32/64/128).
+(Kang, Fernandez-Beltran, Ye, Tong, Plaza, JSTARS 2020). ``--dim`` is the code length in bits
+(the paper: 16/32/64/128; default 128 as the original).
+
+    loss = lambda_ * SNCA(normalize(h)) + ce_weight * CE(V h) + quant_weight * mean((|h| - 1)^2)
+
+h is the raw linear output of the hash layer (as the original; --code-activation tanh bounds it).
+best.pt is chosen by Hamming precision@20 of the validation split against the train split, as
+the original (--select-metric).
 
     python train_CDNE/main.py --dataset NWPU-RESISC45 --data /datasets --dim 64 --memory momentum
 """
@@ -14,24 +21,30 @@ from dmlrs.methods.cdne import CDNE  # noqa: E402
 from dmlrs.methods.memory_writer import MEMORY_MODES  # noqa: E402
 
 #: paper defaults that differ from the shared ones in dmlrs/cli.py
-DEFAULTS = {"dim": 64}
+DEFAULTS = {"select_metric": "hamming_P@20"}
+CODE_ACTIVATIONS = {"none": "embedding", "tanh": "hash"}  # --code-activation -> model head
 
 
 def add_arguments(group):
     group.add_argument("--memory", default="bank", choices=MEMORY_MODES,
                        help="bank: CDNE (MB), momentum averaging; momentum: CDNE (MU), EMA encoder")
-    group.add_argument("--ce-weight", type=cli.non_negative_float, default=None,
-                       help="weight of the cross-entropy term (default: the loss's)")
-    group.add_argument("--quant-weight", type=cli.non_negative_float, default=None,
-                       help="weight of the quantization term (default: the loss's)")
-    cli.add_memory_arguments(group)
+    cli.add_snca_arguments(group)
+    group.add_argument("--ce-weight", type=cli.non_negative_float, default=1.0,
+                       help="weight of the cross-entropy term (the original: 1, no flag)")
+    group.add_argument("--quant-weight", type=cli.non_negative_float, default=1.0,
+                       help="weight of the quantization term (the original: 1, no flag)")
+    group.add_argument("--code-activation", default="none", choices=sorted(CODE_ACTIVATIONS),
+                       help="none: raw linear codes (the original); tanh: codes in (-1, 1)")
+    cli.add_memory_momentum_argument(group)
+    cli.add_ema_arguments(group)
 
 
 def build(args, data):
-    model = cli.model_from_args(args, num_classes=data.num_classes, head="hash")
+    model = cli.model_from_args(args, num_classes=data.num_classes, head=CODE_ACTIVATIONS[args.code_activation])
     return CDNE(model, data.train_labels, memory_mode=args.memory, temperature=args.temperature,
-                margin=args.margin, ce_weight=args.ce_weight, quant_weight=args.quant_weight,
-                memory_momentum=args.memory_momentum, ema_decay=args.ema)
+                margin=args.margin, lambda_=args.lambda_, ce_weight=args.ce_weight,
+                quant_weight=args.quant_weight, memory_momentum=args.memory_momentum,
+                ema_decay=args.ema, ema_bn=args.ema_bn)
 
 
 def main(argv=None) -> int:

@@ -1,6 +1,8 @@
 """SNCA-CE (MB): scalable neighbourhood component analysis over a per-sample memory bank plus
 cross-entropy, memory updated by momentum averaging (Kang et al., TGRS 2020).
 
+    loss = lambda_ * SNCA(memory) + CE      (--lambda_ 0: the softmax baseline)
+
     python train_SNCA_CE/main.py --dataset AID --data /datasets
 """
 import sys
@@ -14,7 +16,10 @@ from dmlrs.methods.snca_ce import SNCACE  # noqa: E402
 #: paper defaults that differ from the shared ones in dmlrs/cli.py
 DEFAULTS = {}
 
-add_arguments = cli.add_snca_ce_arguments
+
+def add_arguments(group):
+    cli.add_snca_arguments(group)
+    cli.add_memory_momentum_argument(group)
 
 
 def build(args, data):

@@ -1,6 +1,8 @@
 """SNCA-CE (MU): the SNCA + cross-entropy loss of SNCA-CE with memory slots filled by a momentum
 (EMA, decay 0.999) encoder instead of momentum averaging (Kang et al., TGRS 2020).
 
+    loss = lambda_ * SNCA(memory) + CE      (the original MU script has no lambda: 1)
+
     python train_SNCA_CE_MC/main.py --dataset AID --data /datasets
 """
 import sys
@@ -14,13 +16,16 @@ from dmlrs.methods.snca_ce import SNCACE  # noqa: E402
 #: paper defaults that differ from the shared ones in dmlrs/cli.py
 DEFAULTS = {}
 
-add_arguments = cli.add_snca_ce_arguments
+
+def add_arguments(group):
+    cli.add_snca_arguments(group)
+    cli.add_ema_arguments(group)
 
 
 def build(args, data):
     model = cli.model_from_args(args, num_classes=data.num_classes)
     return SNCACE(model, data.train_labels, memory_mode="momentum", temperature=args.temperature,
-                  margin=args.margin, lambda_=args.lambda_, ema_decay=args.ema)
+                  margin=args.margin, lambda_=args.lambda_, ema_decay=args.ema, ema_bn=args.ema_bn)
 
 
 def main(argv=None) -> int:

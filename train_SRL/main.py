@@ -1,5 +1,14 @@
-"""SRL: similarity retention loss for remote-sensing image retrieval (Zhao et al., ISPRS IJGI
-2020). Batches hold C classes x K images; the paper's best backbone is ResNet50.
+"""SRL: similarity retention loss for remote-sensing image retrieval (Zhao, Yuan, Zhao, ISPRS
+IJGI 2020). Batches hold C classes x K images (-b is ignored); the paper's best backbone is
+ResNet50.
+
+No code of the authors is public. From the paper: the ranked-list structure of the loss (hard
+positives beyond alpha - m, hard negatives inside alpha, negatives weighted by exp(T (alpha - d))),
+alpha = 1.2, m = 0.4, T = 10, C x K batches of query lists, ResNet50 fine-tuned end to end.
+Assumed by dmlrs (not given by the paper's text available to us): the "dynamic weights" of hard
+positives read as omega_c = 1 + easy/hard pairs of the class (dmlrs/losses/srl.py), lambda = 1,
+C = 8, K = 4, the FC(128) + L2 head, and the optimisation shared with the other scripts (SGD,
+momentum 0.9, nesterov, wd 1e-4, StepLR(30, 0.5), 130 epochs) with the learning rate below.
 
     python train_SRL/main.py --dataset PatternNet --data /datasets
 """
@@ -13,21 +22,35 @@ from dmlrs.methods.srl import SRL  # noqa: E402
 
 #: paper defaults that differ from the shared ones in dmlrs/cli.py
 DEFAULTS = {"model": "resnet50"}
+DEFAULT_CLASSES_PER_BATCH = 8
 
 
 def add_arguments(group):
-    group.add_argument("--classes-per-batch", type=cli.positive_int, default=8, help="C classes per batch")
+    group.add_argument("--classes-per-batch", type=cli.positive_int, default=None,
+                       help=f"C classes per batch (default: {DEFAULT_CLASSES_PER_BATCH}, or the number of "
+                            "classes when the dataset has fewer)")
     group.add_argument("--images-per-class", type=cli.positive_int, default=4, help="K images per class")
-    group.add_argument("--alpha", type=cli.positive_float, default=1.2, help="negative distance bound alpha")
-    group.add_argument("--srl-margin", type=cli.non_negative_float, default=0.4, help="margin m (alpha - m bounds positives)")
-    group.add_argument("--srl-T", type=cli.non_negative_float, default=10.0, help="negative weighting temperature T")
-    group.add_argument("--srl-lambda", type=cli.non_negative_float, default=1.0, help="weight of the negative part")
+    group.add_argument("--alpha", type=cli.positive_float, default=1.2, help="negative distance bound alpha (paper)")
+    cli.add_margin_argument(group, 0.4, "margin m: positives are pulled inside alpha - m (paper)")
+    cli.add_temperature_argument(group, 10.0, "T of the negative weights exp(T (alpha - d)) (paper)")
+    group.add_argument("--lambda_", "--lambda", dest="lambda_", type=cli.non_negative_float, default=1.0,
+                       help="weight of the negative part (assumed)")
+
+
+def resolve_classes_per_batch(args, num_classes: int) -> None:
+    """C defaults to 8, or to the class count of a dataset with fewer classes (with a note)."""
+    if args.classes_per_batch is None:
+        args.classes_per_batch = min(DEFAULT_CLASSES_PER_BATCH, num_classes)
+        if num_classes < DEFAULT_CLASSES_PER_BATCH:
+            print(f"note: the dataset has {num_classes} classes, fewer than SRL's default "
+                  f"C = {DEFAULT_CLASSES_PER_BATCH}: using --classes-per-batch {num_classes}", flush=True)
 
 
 def build(args, data):
+    resolve_classes_per_batch(args, data.num_classes)
     model = cli.model_from_args(args)
     return SRL(model, classes_per_batch=args.classes_per_batch, images_per_class=args.images_per_class,
-               alpha=args.alpha, margin=args.srl_margin, temperature=args.srl_T, lambda_=args.srl_lambda)
+               alpha=args.alpha, margin=args.margin, temperature=args.temperature, lambda_=args.lambda_)
 
 
 def main(argv=None) -> int:

@@ -48,36 +48,123 @@ def test_script_trains_and_writes_the_run_folder(name, scenes, tmp_path):
     assert {"method", "model", "optimizer", "scheduler", "scaler", "rng", "manifest_hash"} <= set(last)
 
 
-def test_method_specific_paper_defaults():
+def parsed(name, *argv):
+    from dmlrs import cli
     from tests.engine.scripts import load_script
 
-    def parsed(name, *argv):
-        from dmlrs import cli
+    module = load_script(name)
+    return cli.make_parser(module.__doc__, module.add_arguments, module.DEFAULTS).parse_args(list(argv))
 
-        module = load_script(name)
-        return cli.make_parser(module.__doc__, module.add_arguments, module.DEFAULTS).parse_args(list(argv))
 
-    assert parsed("MNCE_BNM").margin == 0.5 and parsed("MNCE_BNM").train_per == 0.2
-    assert parsed("SNCA_CE").temperature == 0.05 and parsed("SNCA_CE").memory_momentum == 0.5
-    assert parsed("SRL").model == "resnet50" and parsed("SRL").alpha == 1.2
-    assert parsed("CDNE").dim == 64 and parsed("CDNE").memory == "bank"
-    args = parsed("SNCA_CE", "--data", "D", "--dataset", "ucmerced", "--imgEXT", "tif", "-b", "32")
+#: the original scripts' defaults (jiankang1991/SNCA_CE, CDNE, HR-S2DML, RNSL), written out here
+ORIGINAL_DEFAULTS = {
+    "SNCA_CE": {"temperature": 0.05, "margin": 0.0, "lambda_": 1.0, "memory_momentum": 0.5, "dim": 128,
+                "model": "resnet18", "epochs": 130, "select_metric": "knn_acc"},
+    "SNCA_CE_MC": {"temperature": 0.05, "margin": 0.0, "lambda_": 1.0, "ema": 0.999, "ema_bn": "train",
+                   "dim": 128},
+    "CDNE": {"temperature": 0.05, "margin": 0.0, "lambda_": 1.0, "ce_weight": 1.0, "quant_weight": 1.0,
+             "dim": 128, "memory": "bank", "memory_momentum": 0.5, "ema": 0.999, "ema_bn": "train",
+             "code_activation": "none", "select_metric": "hamming_P@20"},
+    "MNCE_BNM": {"temperature": 0.05, "margin": 0.5, "train_per": 0.2, "bnm_weight": 1.0,
+                 "bnm_form": "original", "transductive": False, "dim": 128},
+    "tRNSL": {"temperature": 0.05, "noiseType": "symmetric", "noiseRate": 0.5, "q": 0.7, "k": 0.5,
+              "start_prune": 40, "prune_every": 10, "refresh_images": "augmented", "truncated": True},
+    "SRL": {"model": "resnet50", "alpha": 1.2, "margin": 0.4, "temperature": 10.0, "lambda_": 1.0,
+            "images_per_class": 4},
+}
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_script_defaults_are_the_original_code_s(name):
+    args = vars(parsed(name))
+    assert {key: args[key] for key in ORIGINAL_DEFAULTS[name]} == ORIGINAL_DEFAULTS[name]
+    assert (args["lr_step"], args["lr_gamma"], args["momentum"], args["weight_decay"], args["nesterov"]) \
+        == (30, 0.5, 0.9, 1e-4, True)
+
+
+def test_only_the_methods_that_have_them_take_temperature_and_margin():
+    assert "margin" not in vars(parsed("tRNSL"))
+    with pytest.raises(SystemExit):
+        parsed("tRNSL", "--margin", "0.1")
+    for name in ("SRL", "CDNE", "SNCA_CE", "MNCE_BNM"):
+        assert parsed(name, "--margin", "0.25").margin == 0.25
+
+
+def test_srl_has_one_flag_per_setting():
+    args = parsed("SRL", "--margin", "0.3", "--temperature", "5", "--lambda_", "0.5")
+    assert (args.margin, args.temperature, args.lambda_) == (0.3, 5.0, 0.5)
+    for retired in ("--srl-margin", "--srl-T", "--srl-lambda"):
+        with pytest.raises(SystemExit):
+            parsed("SRL", retired, "1")
+
+
+def test_original_flag_spellings_keep_working():
+    args = parsed("SNCA_CE", "--data", "D", "--dataset", "ucmerced", "--imgEXT", "tif", "-b", "32",
+                  "--m-mementum", "0.7", "--lambda_", "2")
     assert (args.data, args.dataset, args.batch_size, args.epochs) == ("D", "ucmerced", 32, 130)
+    assert (args.memory_momentum, args.lambda_) == (0.7, 2.0)
+    args = parsed("tRNSL", "--noiseType", "pairflip", "--noiseRate", "0.3", "--start_prune", "40")
+    assert (args.noiseType, args.noiseRate, args.start_prune) == ("pairflip", 0.3, 40)
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_help_shows_each_method_flag_with_its_default(name, capsys):
+    from dmlrs import cli
+    from tests.engine.scripts import load_script
+
+    module = load_script(name)
+    parser = cli.make_parser(module.__doc__, module.add_arguments, module.DEFAULTS)
+    help_text = parser.format_help()
+    assert "docs/fidelity.md" in help_text
+    method_group = next(g for g in parser._action_groups if g.title.startswith("method"))
+    for action in method_group._group_actions:
+        entry = parser._get_formatter()._format_action(action)
+        assert "default" in entry, entry
 
 
 @pytest.mark.parametrize("dataset, batch_size, weights, lr", [("demo", 64, "none", 0.01), ("AID", 256, "imagenet", 0.1)])
 def test_dataset_dependent_defaults_are_resolved_into_the_arguments(dataset, batch_size, weights, lr):
     from dmlrs import cli
-    from tests.engine.scripts import load_script
 
-    module = load_script("SNCA_CE")
-    parser = cli.make_parser(module.__doc__, module.add_arguments, module.DEFAULTS)
-    args = parser.parse_args(["--dataset", dataset])
+    args = parsed("SNCA_CE", "--dataset", dataset)
     cli.resolve_dataset_defaults(args)
     assert (args.batch_size, args.weights, args.lr) == (batch_size, weights, lr)
-    args = parser.parse_args(["--dataset", dataset, "-b", "8", "--weights", "w.pth", "--lr", "0.5"])
+    args = parsed("SNCA_CE", "--dataset", dataset, "-b", "8", "--weights", "w.pth", "--lr", "0.5")
     cli.resolve_dataset_defaults(args)
     assert (args.batch_size, args.weights, args.lr) == (8, "w.pth", 0.5)
+
+
+def test_training_from_scratch_lowers_the_default_lr_and_says_so():
+    from dmlrs import cli
+
+    args = parsed("SNCA_CE", "--dataset", "AID", "--weights", "none")
+    notes = cli.resolve_dataset_defaults(args)
+    assert args.lr == 0.01 and len(notes) == 1 and "--weights none" in notes[0] and "0.01" in notes[0]
+    args = parsed("SNCA_CE", "--dataset", "AID", "--weights", "w.pth")
+    assert cli.resolve_dataset_defaults(args) == [] and args.lr == 0.1
+    args = parsed("SNCA_CE", "--dataset", "AID", "--weights", "none", "--lr", "0.1")
+    assert cli.resolve_dataset_defaults(args) == [] and args.lr == 0.1
+
+
+def test_mnce_bnm_batch_is_the_original_128():
+    from dmlrs import cli
+
+    args = parsed("MNCE_BNM", "--dataset", "AID")
+    cli.resolve_dataset_defaults(args, paper_batch_size=128)
+    assert args.batch_size == 128
+    from tests.engine.scripts import load_script
+
+    assert load_script("MNCE_BNM").PAPER_BATCH_SIZE == 128
+
+
+def test_num_workers_default_is_at_most_the_core_count(monkeypatch):
+    from dmlrs import cli
+
+    monkeypatch.setattr(cli, "available_cores", lambda: 2)
+    assert cli.default_num_workers() == 2
+    monkeypatch.setattr(cli, "available_cores", lambda: 64)
+    assert cli.default_num_workers() == 8  # the original scripts' value
+    assert parsed("SNCA_CE").num_workers <= cli.available_cores()
 
 
 def test_amp_channels_last_and_tensorboard_on_cpu(scenes, tmp_path):
