@@ -87,7 +87,7 @@ def fraction(text: str) -> float:
     return value
 
 
-def base_parser(paper_batch_size: int = PAPER_BATCH_SIZE) -> argparse.ArgumentParser:
+def base_parser(paper_batch_size: int = PAPER_BATCH_SIZE, paper_lr: float = PAPER_LR) -> argparse.ArgumentParser:
     """Flags shared by every method (a parent parser, DINO style)."""
     parser = argparse.ArgumentParser(add_help=False)
     data = parser.add_argument_group("data")
@@ -120,8 +120,8 @@ def base_parser(paper_batch_size: int = PAPER_BATCH_SIZE) -> argparse.ArgumentPa
                             "for --dataset demo)")
     optim.add_argument("--epochs", type=positive_int, default=130)
     optim.add_argument("--lr", type=positive_float, default=None,
-                       help=f"learning rate (default: {PAPER_LR}, the papers' for ImageNet weights; "
-                            f"{SCRATCH_LR} with --weights none, where {PAPER_LR} diverges)")
+                       help=f"learning rate (default: {paper_lr} for ImageNet weights; "
+                            f"{min(SCRATCH_LR, paper_lr)} with --weights none)")
     optim.add_argument("--momentum", type=non_negative_float, default=0.9, help="SGD momentum")
     optim.add_argument("--weight-decay", "--wd", dest="weight_decay", type=non_negative_float, default=1e-4)
     optim.add_argument("--lr-step", type=positive_int, default=30, help="StepLR step size (epochs)")
@@ -187,8 +187,9 @@ def add_snca_arguments(group) -> None:
 
 
 def make_parser(description: str | None, add_arguments: Callable[[argparse.ArgumentParser], None] | None,
-                defaults: dict | None = None, *, paper_batch_size: int = PAPER_BATCH_SIZE) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=description, parents=[base_parser(paper_batch_size)],
+                defaults: dict | None = None, *, paper_batch_size: int = PAPER_BATCH_SIZE,
+                paper_lr: float = PAPER_LR) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description, parents=[base_parser(paper_batch_size, paper_lr)],
                                      formatter_class=HelpFormatter)
     if add_arguments is not None:
         add_arguments(parser.add_argument_group(
@@ -208,7 +209,8 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
         return super()._get_help_string(action)
 
 
-def resolve_dataset_defaults(args: argparse.Namespace, paper_batch_size: int = PAPER_BATCH_SIZE) -> list[str]:
+def resolve_dataset_defaults(args: argparse.Namespace, paper_batch_size: int = PAPER_BATCH_SIZE,
+                             paper_lr: float = PAPER_LR) -> list[str]:
     """Fill the flags whose default depends on the run (recorded resolved in config.json); returns
     notes to print. The demo data trains from scratch (no ImageNet weights offline) on smaller
     batches; training from scratch (``--weights none``) lowers the default lr to 0.01."""
@@ -219,10 +221,11 @@ def resolve_dataset_defaults(args: argparse.Namespace, paper_batch_size: int = P
     if args.batch_size is None:
         args.batch_size = DEMO_BATCH_SIZE if demo else paper_batch_size
     if args.lr is None:
-        args.lr = SCRATCH_LR if args.weights == "none" else PAPER_LR
-        if args.weights == "none":
+        args.lr = paper_lr
+        if args.weights == "none" and SCRATCH_LR < paper_lr:
+            args.lr = SCRATCH_LR
             notes.append(f"note: --weights none: default learning rate lowered to {SCRATCH_LR} (the papers' "
-                         f"{PAPER_LR} fine-tunes ImageNet weights and diverged from random init on AID); "
+                         f"{paper_lr} fine-tunes ImageNet weights and diverged from random init on AID); "
                          "pass --lr to choose")
     return notes
 
@@ -253,16 +256,17 @@ def dataset_label(dataset: str) -> str:
 
 def main(method_name: str, description: str | None, add_arguments, build_method: BuildMethod,
          defaults: dict | None = None, argv: list[str] | None = None, *,
-         paper_batch_size: int = PAPER_BATCH_SIZE) -> int:
+         paper_batch_size: int = PAPER_BATCH_SIZE, paper_lr: float = PAPER_LR) -> int:
     """Parse flags and run; user errors end as one ``error:`` line and exit status 2."""
-    parser = make_parser(description, add_arguments, defaults, paper_batch_size=paper_batch_size)
+    parser = make_parser(description, add_arguments, defaults, paper_batch_size=paper_batch_size,
+                         paper_lr=paper_lr)
     args = parser.parse_args(argv)
     try:
         saved = _saved_run_settings(args)
         if saved:  # --evaluate/--resume CKPT: the run's own settings, overridden by flags given now
             parser.set_defaults(**saved)
             args = parser.parse_args(argv)
-        return run(method_name, args, build_method, paper_batch_size=paper_batch_size)
+        return run(method_name, args, build_method, paper_batch_size=paper_batch_size, paper_lr=paper_lr)
     except DmlrsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -280,8 +284,8 @@ def _saved_run_settings(args: argparse.Namespace) -> dict:
 
 
 def run(method_name: str, args: argparse.Namespace, build_method: BuildMethod, *,
-        paper_batch_size: int = PAPER_BATCH_SIZE) -> int:
-    for note in resolve_dataset_defaults(args, paper_batch_size):
+        paper_batch_size: int = PAPER_BATCH_SIZE, paper_lr: float = PAPER_LR) -> int:
+    for note in resolve_dataset_defaults(args, paper_batch_size, paper_lr):
         print(note, flush=True)
     settings = {**vars(args), "method": method_name}
     label = dataset_label(args.dataset)

@@ -177,3 +177,32 @@ def test_amp_channels_last_and_tensorboard_on_cpu(scenes, tmp_path):
     assert set(line["train"]) == {"loss", "snca", "ce"} and line["memory_momentum"] == 0.5
     assert all(torch.isfinite(torch.tensor(v)) for v in line["train"].values())
     assert list((run_dir / "tb").glob("events.out.tfevents.*"))
+
+
+def test_srl_lr_is_scaled_to_its_batch_of_32():
+    from dmlrs import cli
+    from tests.engine.scripts import load_script
+
+    module = load_script("SRL")
+    for weights in ("imagenet", "none"):
+        args = parsed("SRL", "--dataset", "AID", "--weights", weights)
+        assert cli.resolve_dataset_defaults(args, paper_lr=module.DEFAULT_LR) == [] and args.lr == 0.01
+
+
+def test_srl_uses_all_classes_when_the_dataset_has_fewer_than_c(scenes, tmp_path, capsys):
+    out = tmp_path / "runs"
+    argv = ["--dataset", str(scenes), "--epochs", "1", "--steps-per-epoch", "1", "--out", str(out), *FAST]
+    assert run_script("SRL", argv) == 0
+    assert "using --classes-per-batch 4" in capsys.readouterr().out
+    assert read_json(only_run_dir(out) / "config.json")["args"]["classes_per_batch"] == 4
+    assert run_script("SRL", argv + ["--classes-per-batch", "5"]) == 2  # asked for explicitly: refused
+    assert "--classes-per-batch 5 is larger than the 4 classes" in capsys.readouterr().err
+
+
+def test_original_pairflip_on_a_dataset_without_tables_is_one_clear_error(scenes, tmp_path, capsys):
+    argv = ["--dataset", str(scenes), "--epochs", "1", "--out", str(tmp_path / "runs"), *FAST,
+            "--noiseType", "pairflip", "--noiseRate", "0.3"]
+    assert run_script("tRNSL", argv) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith("error: --noiseType pairflip")
+    assert "--noiseType cyclic" in error[0] and "--noiseType symmetric" in error[0]
