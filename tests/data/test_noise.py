@@ -17,7 +17,7 @@ REFERENCE_SHA256 = "2929ed2df22c3eac106fe29883bc38cb3f1971141bd3170f8b4e72b920b2
 RATES = (0.1, 0.3, 0.5, 0.7)
 
 
-def _reference_matrix(noise_type, rate, c):
+def reference_matrix(noise_type, rate, c):
     """Slow float64 reference built entry by entry from the definitions."""
     m = np.zeros((c, c), dtype=np.float64)
     for y in range(c):
@@ -39,7 +39,7 @@ def _tables():
 @pytest.mark.parametrize("rate", (0.0,) + RATES)
 def test_symmetric_and_cyclic_matrices(noise_type, rate):
     m = transition_matrix(noise_type, rate, 6)
-    np.testing.assert_allclose(m, _reference_matrix(noise_type, rate, 6), rtol=0, atol=1e-15)
+    np.testing.assert_allclose(m, reference_matrix(noise_type, rate, 6), rtol=0, atol=1e-15)
     np.testing.assert_allclose(m.sum(axis=1), 1.0, atol=1e-12)
 
 

@@ -28,6 +28,7 @@ from dmlrs.data.splits import (add_semi_supervised, check_manifest_matches, lite
                                make_manifest, manifest_hash, original_cut_points, original_split_counts,
                                split_counts)
 from dmlrs.errors import DmlrsError
+from tests.data.test_noise import reference_matrix
 
 # folder -> images; class names whose sort order depends on case, sizes where float truncation
 # matters (5, 10, 15: int((0.7 + 0.1) * n) would cut one early; 700: int(0.7 * 700) == 489)
@@ -71,19 +72,6 @@ def reference_noise(clean_labels, matrix, seed=42):
         one_hot = rs.multinomial(1, matrix[y, :])
         noisy.append(int(np.where(one_hot == 1)[0][0]))
     return noisy
-
-
-def reference_matrix(noise_type, rate, c):
-    m = np.zeros((c, c))
-    for y in range(c):
-        for k in range(c):
-            if k == y:
-                m[y, k] = 1.0 - rate
-            elif noise_type == "symmetric":
-                m[y, k] = rate / (c - 1)
-            elif noise_type == "cyclic" and k == (y + 1) % c:
-                m[y, k] = rate
-    return m
 
 
 @pytest.fixture(scope="module")
