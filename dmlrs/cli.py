@@ -73,13 +73,6 @@ def non_negative_float(text: str) -> float:
     return value
 
 
-def finite_float(text: str) -> float:
-    value = float(text)
-    if value != value or value in (float("inf"), float("-inf")):
-        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
-    return value
-
-
 def fraction(text: str) -> float:
     value = float(text)
     if not 0 <= value <= 1:
@@ -224,7 +217,7 @@ def resolve_dataset_defaults(args: argparse.Namespace, paper_batch_size: int = P
         args.lr = paper_lr
         if args.weights == "none" and SCRATCH_LR < paper_lr:
             args.lr = SCRATCH_LR
-            notes.append(f"note: --weights none: default learning rate lowered to {SCRATCH_LR} (the papers' "
+            notes.append(f"note: random initialisation (--weights none): default learning rate lowered to {SCRATCH_LR} (the papers' "
                          f"{paper_lr} fine-tunes ImageNet weights and diverged from random init on AID); "
                          "pass --lr to choose")
     return notes
