@@ -140,3 +140,81 @@ def test_trnsl_refresh_embeds_the_given_dataset_and_sets_weights_from_p_y():
     assert calls == [dataset]
     probs = torch.softmax(method.rnsl.logits(embeddings), dim=1)[torch.arange(6), labels]
     assert torch.equal(method.rnsl.weights, (probs > 0.5).float())
+
+
+# ------------------------------------------------------------------ what each step writes, and when
+def test_snca_ce_mb_writes_the_memory_after_the_optimizer_step_by_momentum_averaging():
+    labels = torch.arange(12) % NUM_CLASSES
+    method = SNCACE(tiny_model(num_classes=NUM_CLASSES), labels, memory_momentum=0.5).eval()
+    b = batch()
+    before = method.writer.memory.slots.clone()
+    out = method.training_step(b)
+    assert set(out) == {"loss", "snca", "ce"}
+    assert torch.equal(method.writer.memory.slots, before)  # nothing written during the step
+    embeddings = method.model(b["image"])["embedding"].detach()
+    method.after_optimizer_step()
+    slots = method.writer.memory.slots
+    expected = F.normalize(0.5 * before[b["index"]] + 0.5 * embeddings, dim=1)
+    torch.testing.assert_close(slots[b["index"]], expected, atol=1e-5, rtol=1e-5)
+    untouched = torch.ones(12, dtype=torch.bool)
+    untouched[b["index"]] = False
+    assert torch.equal(slots[untouched], before[untouched])
+    method.after_optimizer_step()  # written once per step: a second call changes nothing
+    assert torch.equal(method.writer.memory.slots, slots)
+
+
+def test_snca_ce_mu_advances_the_ema_before_encoding_and_replaces_slots_with_its_keys():
+    labels = torch.arange(12) % NUM_CLASSES
+    method = SNCACE(tiny_model(num_classes=NUM_CLASSES), labels, memory_mode="momentum", ema_decay=0.5)
+    ema = method.writer.ema
+    with torch.no_grad():
+        for p in method.model.parameters():
+            p.add_(0.01)  # the online model moved since the copy was made
+    old = [q.clone() for q in ema.module.parameters()]
+    b = batch()
+    out = method.training_step(b)
+    assert set(out) == {"loss", "snca", "ce"}
+    for q, q_old, p in zip(ema.module.parameters(), old, method.model.parameters()):
+        torch.testing.assert_close(q, 0.5 * q_old + 0.5 * p.detach())  # EMA step first ...
+    keys = F.normalize(ema(b["image"])["embedding"], dim=1)  # ... then the keys of this batch
+    method.after_optimizer_step()
+    torch.testing.assert_close(method.writer.memory.slots[b["index"]], keys, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("memory_mode", ["bank", "momentum"])
+def test_cdne_memory_holds_normalised_codes(memory_mode):
+    labels = torch.arange(12) % NUM_CLASSES
+    method = CDNE(tiny_model(dim=16, num_classes=NUM_CLASSES), labels, memory_mode=memory_mode,
+                  memory_momentum=0.0).eval()
+    b = batch()
+    out = method.training_step(b)
+    assert set(out) == {"loss", "snca", "ce", "quant", "cdne"}
+    source = method.writer.ema if memory_mode == "momentum" else method.model
+    codes = source(b["image"])["features"].detach()
+    method.after_optimizer_step()
+    torch.testing.assert_close(method.writer.memory.slots[b["index"]], F.normalize(codes, dim=1),
+                               atol=1e-5, rtol=1e-5)
+
+
+def test_mnce_bnm_and_trnsl_and_srl_steps_name_their_losses_and_write_no_state():
+    method = MNCEBNM(tiny_model(standardize=True), NUM_CLASSES)
+    state = {k: v.clone() for k, v in method.state_dict().items()}
+    out = method.training_step({**batch(), "unlabelled": batch(seed=6)["image"]})
+    assert set(out) == {"loss", "mnce", "bnm"}
+    method.after_optimizer_step()
+    assert all(torch.equal(v, method.state_dict()[k]) for k, v in state.items() if "running" not in k
+               and "num_batches" not in k)
+
+    trnsl = TRNSL(tiny_model(), NUM_CLASSES, [0] * 12)
+    weights = trnsl.rnsl.weights.clone()
+    assert set(trnsl.training_step(batch())) == {"loss", "rnsl"}
+    assert torch.equal(trnsl.rnsl.weights, weights)  # only the refresh changes them
+
+    from dmlrs.data.samplers import ClassBalancedBatchSampler
+    from dmlrs.methods.srl import SRL
+
+    srl = SRL(tiny_model(), classes_per_batch=2, images_per_class=3)
+    assert set(srl.training_step(batch())) == {"loss", "srl_pos", "srl_neg", "hard_pos_frac", "hard_neg_frac"}
+    sampler = srl.batch_sampler(torch.arange(12) % NUM_CLASSES, 64, seed=0)
+    assert isinstance(sampler, ClassBalancedBatchSampler)
+    assert all(len(b) == 6 for b in sampler)
