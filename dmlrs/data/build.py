@@ -26,29 +26,63 @@ A reused ``split_file`` keeps its own protocol (lists and noise sampler); a diff
 from __future__ import annotations
 
 import logging
+import shlex
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-import torch
-from torch.utils.data import Dataset
-
-from dmlrs.data.dataset import SceneDataset
 from dmlrs.data.demo import DEMO_CLASSES, DEMO_SIZE, DemoImageLoader, demo_samples
 from dmlrs.data.images import load_rgb
 from dmlrs.data.noise import NOISE_TYPES, apply_label_noise
 from dmlrs.data.splits import (DEFAULT_FRACTIONS, DEFAULT_PROTOCOL, SPLIT_NAMES, TRANSDUCTIVE_WARNING,
                                add_semi_supervised, check_manifest_matches, check_protocol, load_manifest,
                                make_manifest, manifest_hash, manifest_protocol, split_gaps)
-from dmlrs.data.transforms import build_transforms
 from dmlrs.errors import DmlrsError
+
+if TYPE_CHECKING:  # torch is imported by build_data itself, so that prepare_data works without it
+    import torch
+    from torch.utils.data import Dataset
 
 logger = logging.getLogger(__name__)
 
 DEMO_NAME = "demo"
 PAPER_IMAGE_SIZE = 256
 _SEMI_KEYS = ("train_per", "transductive", "labelled", "unlabelled", "unlabelled_source")
+
+
+@dataclass
+class DataPlan:
+    """What :func:`prepare_data` decides, without torch: the split and labels, not yet datasets."""
+
+    name: str
+    root: Path | None
+    classes: list[str]
+    image_size: int
+    loader: object  # reads one item: load_rgb, or the demo's generator
+    manifest: dict
+    noise: dict | None
+    train_items: list  # [relpath, label] of the (labelled part of the) train split
+    train_clean: list[int]
+    train_noisy: list[int]
+    pool_items: list | None  # the unlabelled pool (semi-supervised), else None
+    check_command: str
+    warnings: list[str] = field(default_factory=list)
+    duplicates: list[tuple[str, str]] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    skip_reasons: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def manifest_hash(self) -> str:
+        return manifest_hash(self.manifest)
+
+    def summary(self) -> str:
+        return describe_data(self)
 
 
 @dataclass
@@ -73,6 +107,8 @@ class DataBundle:
     warnings: list[str] = field(default_factory=list)
     duplicates: list[tuple[str, str]] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    skip_reasons: dict[str, str] = field(default_factory=dict)  # skipped file -> why it is unreadable
+    notes: list[str] = field(default_factory=list)  # what was checked and how (not problems)
 
     def summary(self) -> str:
         """Human-readable report: classes, images per class, split sizes, noise, problems."""
@@ -85,13 +121,25 @@ def _semi_supervised_settings(manifest: dict) -> tuple[float, bool]:
 
 def _resolve_manifest(name: str, root: Path | None, classes: list[str], samples: list, *, split_file,
                       seed: int, fractions, train_per: float | None, transductive: bool,
-                      split_protocol: str) -> tuple[dict, list[str]]:
-    """A fresh manifest, or the reused ``split_file`` checked against the data."""
+                      split_protocol: str, sizes: dict | None = None, unreadable: Sequence[str] = ()
+                      ) -> tuple[dict, list[str]]:
+    """A fresh manifest, or the reused ``split_file`` checked against the data.
+
+    ``sizes``: bytes per image file (recorded in a fresh manifest, compared with a reused one);
+    ``unreadable``: image files on disk left out as corrupt (``--skip-corrupt``): a reused manifest
+    may list them (the dataset replaces them when loaded).
+    """
     if split_file is None:
-        return make_manifest(name, root, classes, samples, seed=seed, fractions=fractions,
-                             train_per=train_per, transductive=transductive, split_protocol=split_protocol), []
+        return make_manifest(name, root, classes, samples, seed=seed, fractions=fractions, train_per=train_per,
+                             transductive=transductive, split_protocol=split_protocol, file_sizes=sizes), []
     manifest = load_manifest(split_file)
-    notes = check_manifest_matches(manifest, classes, samples, source=f"split file {split_file}")
+    class_of = {c: label for label, c in enumerate(classes)}
+    present = list(samples) + [(rel, class_of[rel.split("/", 1)[0]]) for rel in unreadable]
+    notes = check_manifest_matches(manifest, classes, present, source=f"split file {split_file}", sizes=sizes,
+                                   unreadable=unreadable)
+    if "file_sizes" not in manifest and sizes is not None:  # an older manifest: record them from now on
+        manifest["file_sizes"] = {p: sizes[p] for p in sorted({p for key in SPLIT_NAMES for p, _ in manifest[key]})
+                                  if p in sizes}
     if manifest.get("dataset") not in (None, name):
         notes.append(f"split file {split_file} was made for dataset {manifest['dataset']!r}, used for {name!r}")
     if manifest_protocol(manifest) != split_protocol:
@@ -109,10 +157,18 @@ def _resolve_manifest(name: str, root: Path | None, classes: list[str], samples:
     return manifest, notes
 
 
-def _scan(dataset: str, data, *, skip_corrupt: bool, verify: str, check_duplicates: bool):
+def _scan(dataset: str, data, **options):
     from dmlrs.data.scan import scan_dataset  # imported here: the demo needs no scanning
 
-    return scan_dataset(dataset, data, skip_corrupt=skip_corrupt, verify=verify, check_duplicates=check_duplicates)
+    return scan_dataset(dataset, data, **options)
+
+
+def check_command(dataset: str, data) -> str:
+    """``python -m dmlrs.data --dataset X [--data Y]``: the command that checks every image of a dataset."""
+    words = ["python", "-m", "dmlrs.data", "--dataset", shlex.quote(str(dataset))]
+    if data is not None:
+        words += ["--data", shlex.quote(str(data))]
+    return " ".join(words)
 
 
 def build_data(dataset: str = DEMO_NAME, data: str | Path | None = None, *, img_size: int | None = None,
@@ -120,7 +176,8 @@ def build_data(dataset: str = DEMO_NAME, data: str | Path | None = None, *, img_
                fractions: Sequence[float] = DEFAULT_FRACTIONS, train_per: float | None = None,
                transductive: bool = False, noise_type: str | None = None, noise_rate: float = 0.0,
                skip_corrupt: bool = False, verify: str = "header", check_duplicates: bool = False,
-               split_protocol: str = DEFAULT_PROTOCOL) -> DataBundle:
+               split_protocol: str = DEFAULT_PROTOCOL, workers: int | None = None, progress: bool = False,
+               use_cache: bool = True) -> DataBundle:
     """Scan, split, (semi-supervise,) (add noise,) and wrap a dataset; see :class:`DataBundle`.
 
     ``dataset="demo"`` needs no ``data``.  ``img_size=None`` -> 256 (the papers) for real
@@ -129,6 +186,61 @@ def build_data(dataset: str = DEMO_NAME, data: str | Path | None = None, *, img_
     ``transductive=True`` is HR-S2DML's protocol: ``train_per`` of each whole class labelled, the
     rest is the test split, the unlabelled pool and the val split (test-set leakage; warns).
     ``split_protocol``: ``"original"`` (the authors' code, default) or ``"stratified"`` (module doc).
+
+    Bad images: ``verify`` is ``"header"`` by default (every file opened, headers read; files the
+    last ``python -m dmlrs.data`` full check could not decode count as corrupt too, through the
+    verification cache, see :mod:`dmlrs.data.verify`), ``"full"`` decodes every image not in the
+    cache (``workers`` processes, a bar with ``progress``, ``use_cache``).  Corrupt files raise
+    one ``DmlrsError`` listing them; with ``skip_corrupt`` they are left out of a fresh split, and
+    every dataset replaces an image that fails later (e.g. truncated past its header) by another
+    of its class, with ``"replaced": True`` in the sample (see :class:`SceneDataset`).
+    """
+    import torch  # here, not at the top: prepare_data (python -m dmlrs.data) needs no torch
+
+    from dmlrs.data.dataset import SceneDataset
+    from dmlrs.data.transforms import build_transforms
+
+    if img_size is None:
+        img_size = DEMO_SIZE if str(dataset).lower() == DEMO_NAME else PAPER_IMAGE_SIZE
+    train_tf, eval_tf = build_transforms(img_size)
+    plan = prepare_data(dataset, data, img_size=img_size, split_file=split_file, seed=seed, fractions=fractions,
+                        train_per=train_per, transductive=transductive, noise_type=noise_type,
+                        noise_rate=noise_rate, skip_corrupt=skip_corrupt, verify=verify,
+                        check_duplicates=check_duplicates, split_protocol=split_protocol, workers=workers,
+                        progress=progress, use_cache=use_cache)
+    root, manifest = plan.root, plan.manifest
+    reading = {"loader": plan.loader, "skip_corrupt": skip_corrupt, "check_command": plan.check_command}
+    unlabelled = None
+    if plan.pool_items is not None:
+        unlabelled = SceneDataset(root, plan.pool_items, train_tf, labels=[-1] * len(plan.pool_items), **reading)
+    clean_or_none = plan.train_clean if plan.noise is not None else None
+    train_items, noisy = plan.train_items, plan.train_noisy
+    return DataBundle(
+        name=plan.name, root=root, classes=plan.classes, num_classes=plan.num_classes, image_size=plan.image_size,
+        train=SceneDataset(root, train_items, train_tf, labels=noisy, clean_labels=clean_or_none, **reading),
+        train_eval=SceneDataset(root, train_items, eval_tf, labels=noisy, clean_labels=clean_or_none, **reading),
+        val=SceneDataset(root, manifest["val"], eval_tf, **reading),
+        test=SceneDataset(root, manifest["test"], eval_tf, **reading),
+        unlabelled=unlabelled,
+        train_labels=torch.tensor(noisy, dtype=torch.long),
+        train_clean_labels=torch.tensor(plan.train_clean, dtype=torch.long),
+        manifest=manifest, manifest_hash=plan.manifest_hash, noise=plan.noise,
+        warnings=plan.warnings, duplicates=plan.duplicates, skipped=plan.skipped, skip_reasons=plan.skip_reasons,
+        notes=plan.notes,
+    )
+
+
+def prepare_data(dataset: str = DEMO_NAME, data: str | Path | None = None, *, img_size: int | None = None,
+                 split_file: str | Path | None = None, seed: int = 42,
+                 fractions: Sequence[float] = DEFAULT_FRACTIONS, train_per: float | None = None,
+                 transductive: bool = False, noise_type: str | None = None, noise_rate: float = 0.0,
+                 skip_corrupt: bool = False, verify: str = "header", check_duplicates: bool = False,
+                 split_protocol: str = DEFAULT_PROTOCOL, workers: int | None = None, progress: bool = False,
+                 use_cache: bool = True) -> DataPlan:
+    """Everything :func:`build_data` does except making datasets and transforms: no torch needed.
+
+    Same arguments; ``img_size`` is not validated here.  ``python -m dmlrs.data`` uses it, so a
+    check does not pay for importing torch.
     """
     check_protocol(split_protocol)
     if transductive and train_per is None:
@@ -136,24 +248,27 @@ def build_data(dataset: str = DEMO_NAME, data: str | Path | None = None, *, img_
     if noise_type is None and float(noise_rate) != 0.0:
         raise DmlrsError(f"--noiseRate {noise_rate} needs --noiseType ({', '.join(NOISE_TYPES)})")
 
-    duplicates, skipped, notes = [], [], []
+    duplicates, skipped, notes, checks, reasons = [], [], [], [], {}
+    sizes = None
     extension = None  # the official extension of a known dataset (the original globs only *<extension>)
     if str(dataset).lower() == DEMO_NAME:
         name, root, classes, samples = DEMO_NAME, None, list(DEMO_CLASSES), demo_samples()
         image_size = DEMO_SIZE if img_size is None else img_size
         loader = DemoImageLoader(image_size)
     else:
-        index = _scan(dataset, data, skip_corrupt=skip_corrupt, verify=verify, check_duplicates=check_duplicates)
+        index = _scan(dataset, data, skip_corrupt=skip_corrupt, verify=verify, check_duplicates=check_duplicates,
+                      workers=workers, progress=progress, use_cache=use_cache)
         name, root, classes, samples = index.name, Path(index.root), list(index.classes), list(index.samples)
         duplicates, skipped, notes = list(index.duplicates), list(index.skipped), list(index.warnings)
+        checks, reasons, sizes = list(index.notes), dict(index.skip_reasons), dict(index.sizes)
         extension = index.spec.extension if index.spec is not None else None
         image_size = PAPER_IMAGE_SIZE if img_size is None else img_size
         loader = load_rgb
-    train_tf, eval_tf = build_transforms(image_size)
 
     manifest, manifest_notes = _resolve_manifest(name, root, classes, samples, split_file=split_file, seed=seed,
                                                  fractions=fractions, train_per=train_per,
-                                                 transductive=transductive, split_protocol=split_protocol)
+                                                 transductive=transductive, split_protocol=split_protocol,
+                                                 sizes=sizes, unreadable=skipped)
     notes += manifest_notes
     protocol = manifest_protocol(manifest)
     if protocol == "original" and extension is not None:
@@ -174,28 +289,17 @@ def build_data(dataset: str = DEMO_NAME, data: str | Path | None = None, *, img_
         logger.info("label noise %s rate %.3f: realised %.4f on %d train images", noise_type, noise_rate,
                     realised, len(clean))
 
-    unlabelled = None
+    pool_items = None
     if "labelled" in manifest:
         keep = manifest["labelled"]
         train_items = [train_items[i] for i in keep]
         clean, noisy = [clean[i] for i in keep], [noisy[i] for i in keep]
         pool = manifest[manifest["unlabelled_source"]]
         pool_items = [pool[i] for i in manifest["unlabelled"]]
-        unlabelled = SceneDataset(root, pool_items, train_tf, labels=[-1] * len(pool_items), loader=loader)
-
-    clean_or_none = clean if noise is not None else None
-    return DataBundle(
-        name=name, root=root, classes=classes, num_classes=len(classes), image_size=image_size,
-        train=SceneDataset(root, train_items, train_tf, labels=noisy, clean_labels=clean_or_none, loader=loader),
-        train_eval=SceneDataset(root, train_items, eval_tf, labels=noisy, clean_labels=clean_or_none, loader=loader),
-        val=SceneDataset(root, manifest["val"], eval_tf, loader=loader),
-        test=SceneDataset(root, manifest["test"], eval_tf, loader=loader),
-        unlabelled=unlabelled,
-        train_labels=torch.tensor(noisy, dtype=torch.long),
-        train_clean_labels=torch.tensor(clean, dtype=torch.long),
-        manifest=manifest, manifest_hash=manifest_hash(manifest), noise=noise,
-        warnings=notes, duplicates=duplicates, skipped=skipped,
-    )
+    return DataPlan(name=name, root=root, classes=classes, image_size=image_size, loader=loader, manifest=manifest,
+                    noise=noise, train_items=train_items, train_clean=clean, train_noisy=noisy, pool_items=pool_items,
+                    check_command=check_command(dataset, data), warnings=notes, duplicates=duplicates,
+                    skipped=skipped, skip_reasons=reasons, notes=checks)
 
 
 def _extension_notes(samples: list, extension: str) -> list[str]:
@@ -226,8 +330,8 @@ def _per_class_table(bundle: DataBundle) -> list[str]:
     return lines
 
 
-def describe_data(bundle: DataBundle) -> str:
-    """The text of :meth:`DataBundle.summary`."""
+def describe_data(bundle: DataBundle | DataPlan) -> str:
+    """The text of :meth:`DataBundle.summary` (and of :meth:`DataPlan.summary`)."""
     m = bundle.manifest
     sizes = {key: len(m[key]) for key in SPLIT_NAMES}
     total = len(_distinct_images(m))
@@ -253,6 +357,7 @@ def describe_data(bundle: DataBundle) -> str:
                      f"(realised {bundle.noise['realised_rate']:.4f} on the train split)")
     lines.append("images per class:")
     lines += _per_class_table(bundle)
+    lines += [f"checked: {note}" for note in bundle.notes]
     problems = list(bundle.warnings)  # the scan already reports duplicates and skipped files here
     lines.append(f"problems found: {len(problems)}" if problems else "problems found: none")
     lines += [f"  - {p}" for p in problems]

@@ -102,3 +102,15 @@ def write_fake_dataset(
         _write_class(class_root / name, label, n_classes, count, size=size,
                      ext=spec.extension if ext is None else ext, seed=seed)
     return root
+
+
+def truncate_file(path: str | Path, keep: float = 0.5) -> Path:
+    """Rewrite ``path`` with only its first ``keep`` fraction of bytes (a download cut short).
+
+    A JPEG of 48 x 48 pixels or more keeps its header at half its bytes: it opens, but decoding
+    fails ("image file is truncated").
+    """
+    path = Path(path)
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+    return path

@@ -49,19 +49,37 @@ def describe_read_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}".rstrip(": ")
 
 
+class UnreadableImageError(DmlrsError):
+    """An image file that cannot be read or decoded (a ``DmlrsError``: one message naming the file).
+
+    ``path`` and ``reason`` say which file and why (``None`` when the error was re-raised by a
+    DataLoader worker, see below).  Raised in a DataLoader worker, torch re-raises it in the main
+    process as ``UnreadableImageError(<"Caught ... Original Traceback ..." text>)``: the
+    constructor recognises that text and keeps only the original one-line message, so the main
+    process still gets an ``UnreadableImageError`` -- a ``DmlrsError`` -- whose ``str`` is the
+    clean message.
+    """
+
+    def __init__(self, message: str, path: str | Path | None = None, reason: str | None = None):
+        super().__init__(message)
+        self.path = None if path is None else str(path)
+        self.reason = reason
+
+
 def load_rgb(path: str | Path) -> Image.Image:
     """Decode the whole image file at ``path`` and return it as an 8-bit RGB PIL image.
 
-    Raises ``DmlrsError`` naming the file for a missing, unreadable or truncated file, with the
-    command that rescans the dataset and leaves such files out.
+    Raises :class:`UnreadableImageError` (a ``DmlrsError``) naming the file for a missing,
+    unreadable or truncated file, with the command that lists every bad file of the dataset.
     """
     try:
         with Image.open(path) as image:
             image.load()  # full decode: catches truncated files, not only broken headers
             return to_rgb(image)
     except PIL_READ_ERRORS as exc:
-        raise DmlrsError(
-            f"cannot read image {path} ({describe_read_error(exc)}). Replace or delete the file, "
-            f"or rescan the dataset leaving bad files out: "
-            f"python -m dmlrs.data --dataset ... --data ... --skip-corrupt"
+        reason = describe_read_error(exc)
+        raise UnreadableImageError(
+            f"cannot read image {path} ({reason}). Replace the file, or check the whole dataset "
+            f"and leave bad files out: python -m dmlrs.data --dataset ... --data ... --skip-corrupt",
+            path=path, reason=reason,
         ) from exc

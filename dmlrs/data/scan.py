@@ -4,7 +4,9 @@
 ``scan_dataset("/path/to/folder", None)`` reads any class-per-folder directory
 (``<folder>/<class>/<image>``). Problems a user can fix raise ``DmlrsError`` with one message
 that says what was looked at and what to do; differences that can be legitimate (fewer images
-than the official count, non-RGB images, duplicates) become ``SceneIndex.warnings``.
+than the official count, non-RGB images, duplicates) become ``SceneIndex.warnings``.  Images are
+checked by :mod:`dmlrs.data.verify` (headers or full decodes, in parallel, with a cache); every
+unreadable file is named in one :class:`CorruptImagesError`, or left out with ``skip_corrupt``.
 """
 from __future__ import annotations
 
@@ -12,11 +14,10 @@ import hashlib
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
-from PIL import Image
-
-from dmlrs.data.images import PIL_READ_ERRORS, describe_read_error
 from dmlrs.data.specs import DatasetSpec, describe_known_datasets, get_spec
+from dmlrs.data.verify import CheckReport, check_images
 from dmlrs.errors import DmlrsError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"})
@@ -36,6 +37,9 @@ class SceneIndex:
     warnings: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # corrupt files left out (relative paths)
     duplicates: list[tuple[str, str]] = field(default_factory=list)  # byte-identical (kept, copy)
+    sizes: dict[str, int] = field(default_factory=dict)  # bytes of every image file listed (skipped ones too)
+    skip_reasons: dict[str, str] = field(default_factory=dict)  # why each skipped file is unreadable
+    notes: list[str] = field(default_factory=list)  # what was checked and how (not problems)
 
     def class_counts(self) -> dict[str, int]:
         """Number of samples per class, in label order (classes without samples count 0)."""
@@ -47,6 +51,25 @@ def _listing(items: list[str]) -> str:
     """``a, b, c`` or ``a, b, c, d, e, ... (12 in all)`` for long lists."""
     shown = ", ".join(items[:_EXAMPLES_SHOWN])
     return shown if len(items) <= _EXAMPLES_SHOWN else f"{shown}, ... ({len(items)} in all)"
+
+
+class CorruptImagesError(DmlrsError):
+    """Images that cannot be read; ``files`` lists every one as ``(absolute path, reason)``."""
+
+    def __init__(self, message: str, files: Sequence[tuple[str, str]] = ()):
+        super().__init__(message)
+        self.files = list(files)
+
+    @classmethod
+    def for_files(cls, root: Path, bad: list[tuple[str, str]]) -> "CorruptImagesError":
+        """One message for the unreadable ``(relative path, reason)`` files ``bad`` under ``root``."""
+        if len(bad) == 1:
+            message = (f"corrupt image {root / bad[0][0]} ({bad[0][1]}). Replace or delete it, or pass "
+                       f"--skip-corrupt to leave bad files out.")
+        else:
+            message = (f"{len(bad)} corrupt images under {root}: {_listing([f'{r} ({why})' for r, why in bad])}. "
+                       f"Replace or delete them, or pass --skip-corrupt to leave bad files out.")
+        return cls(message, [(str(root / rel), reason) for rel, reason in bad])
 
 
 def _visible_children(folder: Path) -> list[Path]:
@@ -203,34 +226,38 @@ def _check_no_empty_class(root: Path, classes: list[str], samples: list[tuple[st
         )
 
 
-def _probe(path: Path, decode: bool) -> tuple[str, tuple[int, int]]:
-    """(mode, size) from the header; with ``decode`` also decode all pixels (finds truncation)."""
-    with Image.open(path) as image:
-        if decode:
-            image.load()
-        return image.mode, image.size
-
-
-def _verify(
-    root: Path, samples: list[tuple[str, int]], decode: bool, skip_corrupt: bool
-) -> tuple[list[tuple[str, int]], list[str], Counter, list[str]]:
-    """(readable samples, skipped paths, count per image mode, (width, height) per readable sample)."""
-    good, skipped, modes, sizes = [], [], Counter(), []
-    for relative, label in samples:
+def _file_sizes(root: Path, samples: list[tuple[str, int]]) -> dict[str, int]:
+    sizes = {}
+    for rel, _ in samples:
         try:
-            mode, size = _probe(root / relative, decode)
-        except PIL_READ_ERRORS as exc:
-            if not skip_corrupt:
-                raise DmlrsError(
-                    f"corrupt image {root / relative} ({describe_read_error(exc)}). Replace or delete "
-                    f"it, or pass --skip-corrupt to leave bad files out."
-                ) from exc
-            skipped.append(relative)
+            sizes[rel] = (root / rel).stat().st_size
+        except OSError:  # vanished or unreadable: the image check reports it
             continue
-        good.append((relative, label))
-        modes[mode] += 1
-        sizes.append(size)
-    return good, skipped, modes, sizes
+    return sizes
+
+
+def _verify(root: Path, samples: list[tuple[str, int]], report: CheckReport, skip_corrupt: bool
+            ) -> tuple[list[tuple[str, int]], dict[str, str], Counter, list]:
+    """(readable samples, {skipped path: reason}, count per image mode, (width, height) per readable sample)."""
+    bad = [(rel, result.error) for (rel, _), result in zip(samples, report.results) if not result.ok]
+    if bad and not skip_corrupt:
+        raise CorruptImagesError.for_files(root, bad)
+    good, modes, sizes = [], Counter(), []
+    for sample, result in zip(samples, report.results):
+        if result.ok:
+            good.append(sample)
+            modes[result.mode] += 1
+            sizes.append(result.size)
+    return good, dict(bad), modes, sizes
+
+
+def _check_note(report: CheckReport, decode: bool) -> str:
+    what = "decoded" if decode else "opened (header only)"
+    cache = f"unchanged since the last full check (cache {report.cache_path})"
+    if report.checked == 0 and report.cached:
+        return f"all {report.cached:,} images {cache}: none {what}, {report.seconds:.1f} s"
+    note = f"{what} {report.checked:,} images in {report.seconds:.1f} s with {report.workers} process(es)"
+    return note + (f"; {report.cached:,} {cache}" if report.cached else "")
 
 
 def _file_digest(path: Path) -> str:
@@ -299,6 +326,9 @@ def scan_dataset(
     skip_corrupt: bool = False,
     verify: str = "header",
     check_duplicates: bool = False,
+    workers: int | None = None,
+    progress: bool = False,
+    use_cache: bool = True,
 ) -> SceneIndex:
     """Locate, list and check a scene dataset (``--dataset``, ``--data``).
 
@@ -311,7 +341,12 @@ def scan_dataset(
 
     ``verify``: ``"none"``; ``"header"`` opens each file and reads only its header (fast; finds
     non-images and broken headers); ``"full"`` decodes every image (also finds truncated files).
-    A bad file raises ``DmlrsError`` unless ``skip_corrupt`` (then it is listed in ``skipped``).
+    Files are checked in parallel (``workers`` processes, default: every available core; a tqdm
+    bar with ``progress``) and full decodes are remembered in the verification cache
+    (``use_cache``; see :mod:`dmlrs.data.verify`), which a header check also reads: a file the
+    last full check could not decode (and unchanged since) is corrupt for a header check too.
+    Bad files raise one :class:`CorruptImagesError` (a ``DmlrsError``) listing them all unless
+    ``skip_corrupt`` (then they are listed in ``skipped``, with reasons in ``skip_reasons``).
     ``check_duplicates`` reports byte-identical files in ``duplicates``.
     """
     if verify not in VERIFY_MODES:
@@ -330,12 +365,17 @@ def scan_dataset(
     if ignored:
         warnings.append(f"ignored {len(ignored)} entries that are not images: {_listing(ignored)}")
 
-    skipped: list[str] = []
+    sizes = _file_sizes(root, samples)
+    skipped: dict[str, str] = {}
+    notes: list[str] = []
     if verify != "none":
-        samples, skipped, modes, sizes = _verify(root, samples, verify == "full", skip_corrupt)
-        warnings += _content_warnings(spec, samples, modes, sizes)
+        report = check_images(root, [rel for rel, _ in samples], decode=verify == "full", workers=workers,
+                              progress=progress, use_cache=use_cache)
+        notes += [_check_note(report, verify == "full")] + report.notes
+        samples, skipped, modes, image_sizes = _verify(root, samples, report, skip_corrupt)
+        warnings += _content_warnings(spec, samples, modes, image_sizes)
         if skipped:
-            warnings.append(f"left out {len(skipped)} corrupt images: {_listing(skipped)}")
+            warnings.append(f"left out {len(skipped)} corrupt images: {_listing(list(skipped))}")
             _check_no_empty_class(root, classes, samples, "every image is corrupt")
     if spec is not None:
         counts = Counter(label for _, label in samples)
@@ -345,5 +385,5 @@ def scan_dataset(
     if duplicates:
         shown = [f"{a} == {b}" for a, b in duplicates]
         warnings.append(f"{len(duplicates)} byte-identical duplicate images: {_listing(shown)}")
-    return SceneIndex(name=name, root=root, classes=classes, samples=samples, spec=spec,
-                      warnings=warnings, skipped=skipped, duplicates=duplicates)
+    return SceneIndex(name=name, root=root, classes=classes, samples=samples, spec=spec, warnings=warnings,
+                      skipped=list(skipped), duplicates=duplicates, sizes=sizes, skip_reasons=skipped, notes=notes)

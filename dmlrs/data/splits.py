@@ -74,10 +74,17 @@ Manifest (``split.json``)::
     {"version": 1, "dataset": str, "root": str|None, "classes": [...], "seed": int,
      "protocol": "original" | "stratified",
      "fractions": [f_tr, f_va, f_te], "train": [[relpath, label], ...], "val": ..., "test": ...,
+     "file_sizes": {relpath: bytes, ...},   # image folders (not the demo); absent in older manifests
      # semi-supervised mode only:
      "train_per": float, "transductive": bool,
      "labelled": [indices into train], "unlabelled": [indices into train (or test if transductive)],
      "unlabelled_source": "train" | "test"}
+
+A reused manifest (``--split-file``, or the run's own ``split.json`` on ``--resume``) must list
+exactly the images on disk: :func:`check_manifest_matches` refuses it, listing the differences,
+when listed files are missing, files on disk are in no split, files have another class, or (when
+the manifest has ``file_sizes``) files changed size.  ``file_sizes`` is not part of
+:func:`manifest_hash`, so checkpoints of runs made before it existed still match.
 """
 from __future__ import annotations
 
@@ -89,7 +96,7 @@ import random
 import warnings
 from decimal import Decimal
 from pathlib import Path, PurePosixPath
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -365,8 +372,13 @@ def make_manifest(
     dataset: str, root: str | Path | None, classes: Sequence[str], samples: Iterable[Sequence], *,
     seed: int = 42, fractions: Sequence[float] = DEFAULT_FRACTIONS, train_per: float | None = None,
     transductive: bool = False, split_protocol: str = DEFAULT_PROTOCOL,
+    file_sizes: Mapping[str, int] | None = None,
 ) -> dict:
-    """Build a fresh manifest (see module doc) for a scanned dataset; ``split_protocol`` defaults to the original."""
+    """Build a fresh manifest (see module doc) for a scanned dataset; ``split_protocol`` defaults to the original.
+
+    ``file_sizes`` (bytes per relative path, e.g. ``SceneIndex.sizes``) is recorded for the
+    listed images, so that a reused manifest notices files that changed.
+    """
     fractions = check_fractions(fractions)
     check_protocol(split_protocol)
     if transductive and train_per is None:
@@ -382,10 +394,18 @@ def make_manifest(
         manifest.update(train_per=float(train_per), transductive=True,
                         labelled=list(range(len(manifest["train"]))),
                         unlabelled=list(range(len(manifest["test"]))), unlabelled_source="test")
-        return manifest
+        return _with_sizes(manifest, file_sizes)
     manifest.update(split_samples(samples, classes, seed=seed, fractions=fractions, split_protocol=split_protocol))
     if train_per is not None:
         add_semi_supervised(manifest, train_per, transductive=False)
+    return _with_sizes(manifest, file_sizes)
+
+
+def _with_sizes(manifest: dict, file_sizes: Mapping[str, int] | None) -> dict:
+    """Record ``file_sizes`` of the listed images in ``manifest`` (in place; also returned)."""
+    if file_sizes is not None:
+        listed = sorted({p for key in SPLIT_NAMES for p, _ in manifest[key]})
+        manifest["file_sizes"] = {p: int(file_sizes[p]) for p in listed if p in file_sizes}
     return manifest
 
 
@@ -409,14 +429,67 @@ def save_manifest(manifest: dict, path: str | Path) -> Path:
     return path
 
 
+_FIX = "regenerate it by omitting --split-file (a resumed run needs its own intact split.json: restore it from a copy)"
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _check_pairs(manifest: dict, key: str, num_classes: int, path: Path) -> None:
     pairs = manifest[key]
     if not isinstance(pairs, list) or not all(
-        isinstance(p, list) and len(p) == 2 and isinstance(p[0], str) and isinstance(p[1], int)
+        isinstance(p, list) and len(p) == 2 and isinstance(p[0], str) and _is_int(p[1])
         and 0 <= p[1] < num_classes for p in pairs
     ):
         raise DmlrsError(f"split file {path}: '{key}' must be a list of [relpath, label] pairs "
-                         f"with labels in 0..{num_classes - 1}; regenerate it (omit --split-file)")
+                         f"with labels in 0..{num_classes - 1}; {_FIX}")
+
+
+def _check_listed_once(manifest: dict, path: Path) -> None:
+    """Every image in one split only (a transductive manifest's ``val`` is a copy of ``test``)."""
+    keys = ("train", "test") if manifest.get("transductive") is True and manifest["val"] == manifest["test"] \
+        else SPLIT_NAMES
+    seen: dict[str, str] = {}
+    repeated = []
+    for key in keys:
+        for relpath, _ in manifest[key]:
+            if relpath in seen:
+                repeated.append(f"{relpath} ({seen[relpath]}, {key})")
+            seen.setdefault(relpath, key)
+    if repeated:
+        raise DmlrsError(f"split file {path} lists {len(repeated)} image(s) more than once, e.g. "
+                         f"{_listing(repeated, 3)}: an image in two splits leaks between them; {_FIX}")
+
+
+def _check_optional_fields(manifest: dict, path: Path) -> None:
+    """Types of the optional keys (a hand-edited file must fail here, not deep inside training)."""
+    problems = []
+    for key in ("dataset", "root"):
+        if manifest.get(key) is not None and not isinstance(manifest[key], str):
+            problems.append(f"'{key}' must be a string")
+    if "seed" in manifest and not _is_int(manifest["seed"]):
+        problems.append("'seed' must be an integer")
+    if "fractions" in manifest:
+        fractions = manifest["fractions"]
+        if not (isinstance(fractions, list) and len(fractions) == 3 and all(_is_number(f) for f in fractions)):
+            problems.append("'fractions' must be three numbers")
+    if "transductive" in manifest and not isinstance(manifest["transductive"], bool):
+        problems.append("'transductive' must be true or false")
+    if "train_per" in manifest and not (_is_number(manifest["train_per"]) and 0 < manifest["train_per"] <= 1):
+        problems.append("'train_per' must be a number in (0, 1]")
+    if "labelled" in manifest and "train_per" not in manifest:
+        problems.append("'labelled' needs 'train_per'")
+    if "file_sizes" in manifest:
+        sizes = manifest["file_sizes"]
+        if not (isinstance(sizes, dict) and all(_is_int(v) and v >= 0 for v in sizes.values())):
+            problems.append("'file_sizes' must map relpaths to byte counts")
+    if problems:
+        raise DmlrsError(f"split file {path}: {'; '.join(problems)}; {_FIX}")
 
 
 def load_manifest(path: str | Path) -> dict:
@@ -430,33 +503,43 @@ def load_manifest(path: str | Path) -> dict:
         raise DmlrsError(f"split file {path} not found; pass an existing split.json or omit --split-file")
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise DmlrsError(f"cannot read split file {path} ({type(exc).__name__}: {exc}); check its permissions "
+                         f"or {_FIX}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DmlrsError(f"split file {path} is not valid JSON ({exc}); regenerate it (omit --split-file)") from None
+        raise DmlrsError(f"split file {path} is not valid JSON ({exc}); {_FIX}") from None
+    except RecursionError:
+        raise DmlrsError(f"split file {path} is not a dmlrs split file (nested too deeply); {_FIX}") from None
     if not isinstance(manifest, dict):
-        raise DmlrsError(f"split file {path} must hold a JSON object; regenerate it (omit --split-file)")
+        raise DmlrsError(f"split file {path} must hold a JSON object; {_FIX}")
     missing = [k for k in ("version", "classes", "train", "val", "test") if k not in manifest]
     if missing:
-        raise DmlrsError(f"split file {path} lacks {missing}; regenerate it (omit --split-file)")
+        raise DmlrsError(f"split file {path} lacks {missing}; {_FIX}")
     if manifest["version"] != MANIFEST_VERSION:
         raise DmlrsError(f"split file {path} has version {manifest['version']!r}, this dmlrs reads "
-                         f"version {MANIFEST_VERSION}; regenerate it (omit --split-file)")
+                         f"version {MANIFEST_VERSION}; {_FIX}")
     manifest.setdefault("protocol", LEGACY_PROTOCOL)
-    if manifest["protocol"] not in PROTOCOLS:
+    if not isinstance(manifest["protocol"], str) or manifest["protocol"] not in PROTOCOLS:
         raise DmlrsError(f"split file {path} has protocol {manifest['protocol']!r}, this dmlrs knows "
-                         f"{', '.join(PROTOCOLS)}; regenerate it (omit --split-file)")
-    if not isinstance(manifest["classes"], list) or not all(isinstance(c, str) for c in manifest["classes"]):
-        raise DmlrsError(f"split file {path}: 'classes' must be a list of class names")
+                         f"{', '.join(PROTOCOLS)}; {_FIX}")
+    classes = manifest["classes"]
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes) \
+            or len(set(classes)) != len(classes):
+        raise DmlrsError(f"split file {path}: 'classes' must be a list of distinct class names; {_FIX}")
     for key in SPLIT_NAMES:
-        _check_pairs(manifest, key, len(manifest["classes"]), path)
+        _check_pairs(manifest, key, len(classes), path)
+    _check_optional_fields(manifest, path)
+    _check_listed_once(manifest, path)
     if "labelled" in manifest:
         source = manifest.get("unlabelled_source", "train")
         if source not in ("train", "test"):
-            raise DmlrsError(f"split file {path}: 'unlabelled_source' must be 'train' or 'test', not {source!r}")
+            raise DmlrsError(f"split file {path}: 'unlabelled_source' must be 'train' or 'test', not {source!r}; "
+                             f"{_FIX}")
         for key, pool in (("labelled", "train"), ("unlabelled", source)):
             idx = manifest.get(key)
             n = len(manifest.get(pool, []))
-            if not isinstance(idx, list) or not all(isinstance(i, int) and 0 <= i < n for i in idx):
-                raise DmlrsError(f"split file {path}: '{key}' must list indices into '{pool}' (0..{n - 1})")
+            if not isinstance(idx, list) or not all(_is_int(i) and 0 <= i < n for i in idx):
+                raise DmlrsError(f"split file {path}: '{key}' must list indices into '{pool}' (0..{n - 1}); {_FIX}")
     return manifest
 
 
@@ -476,31 +559,59 @@ def split_gaps(manifest: dict) -> list[str]:
     return notes
 
 
-def check_manifest_matches(manifest: dict, classes: Sequence[str], samples: Iterable[Sequence],
-                           source: str = "split file") -> list[str]:
-    """Check a reused manifest against the scanned dataset; returns warnings, raises on mismatch.
+def _listing(items: Sequence[str], shown: int = 3) -> str:
+    """``a, b, c`` or ``a, b, c, ... (12 in all)``."""
+    head = ", ".join(items[:shown])
+    return head if len(items) <= shown else f"{head}, ... ({len(items)} in all)"
 
-    Fails when the classes differ or when a listed image is not in the dataset (or has another
-    label).  Images of the dataset that the manifest does not list only produce a warning.
-    An image listed in two splits (``val == test`` in a transductive manifest) is fine.
+
+def check_manifest_matches(manifest: dict, classes: Sequence[str], samples: Iterable[Sequence],
+                           source: str = "split file", *, sizes: Mapping[str, int] | None = None,
+                           unreadable: Iterable[str] = ()) -> list[str]:
+    """Check a reused manifest against the scanned dataset; raises one DmlrsError listing every difference.
+
+    ``samples``: the ``(relpath, label)`` images on disk (include unreadable ones, which are also
+    named in ``unreadable``); ``sizes``: their sizes in bytes.  Refused when the classes differ, or
+    when any of these is non-empty: listed images missing from disk, images on disk in no split
+    ("added"), images whose folder gives another class than listed, and -- when the manifest has
+    ``file_sizes`` and ``sizes`` is given -- listed images whose size changed.  An unreadable file
+    that is listed counts as present (``--skip-corrupt`` replaces it when loaded) and is not
+    size-checked; one that is not listed is not "added".  An image listed in two splits
+    (``val == test`` in a transductive manifest) is fine.  Returns notes (currently none).
     """
     if list(manifest["classes"]) != list(classes):
         only_m = sorted(set(manifest["classes"]) - set(classes))
         only_d = sorted(set(classes) - set(manifest["classes"]))
         detail = f"only in the split file: {only_m[:5]}, only in the data: {only_d[:5]}" if (only_m or only_d) \
             else "same names in a different order"
-        raise DmlrsError(f"{source} classes do not match the dataset ({detail}); "
+        made_for = f", made for dataset {manifest['dataset']!r}" if manifest.get("dataset") else ""
+        raise DmlrsError(f"{source}{made_for}: its classes do not match the dataset ({detail}); "
                          "use the split file made for this dataset or omit --split-file")
+    unreadable = {str(r) for r in unreadable}
     on_disk = {str(r): int(lab) for r, lab in samples}
-    listed = [p for key in SPLIT_NAMES for p in manifest[key]]
-    missing = [r for r, _ in listed if r not in on_disk]
-    if missing:
-        raise DmlrsError(f"{source} lists {len(missing)} image(s) not found in the dataset, e.g. "
-                         f"{missing[:3]}; point --data at the dataset it was made for or omit --split-file")
-    relabelled = [r for r, lab in listed if on_disk[r] != lab]
+    listed = {p: lab for key in SPLIT_NAMES for p, lab in manifest[key]}
+    removed = [p for p in listed if p not in on_disk]
+    relabelled = [f"{p} (listed as {manifest['classes'][lab]})" for p, lab in listed.items()
+                  if p in on_disk and on_disk[p] != lab]
+    added = sorted(p for p in on_disk if p not in listed and p not in unreadable)
+    recorded = manifest.get("file_sizes") or {}
+    changed = []
+    if sizes is not None:
+        changed = [f"{p}: {recorded[p]} -> {sizes[p]} bytes" for p in listed
+                   if p in recorded and p in sizes and p not in unreadable and recorded[p] != sizes[p]]
+    parts = []
+    if removed:
+        parts.append(f"{len(removed)} listed image(s) are missing ({_listing(removed)})")
+    if added:
+        parts.append(f"{len(added)} image(s) on disk are in no split ({_listing(added)})")
+    if changed:
+        parts.append(f"{len(changed)} image(s) changed since the split was made ({_listing(changed)})")
     if relabelled:
-        raise DmlrsError(f"{source} gives {len(relabelled)} image(s) another class than their folder, e.g. "
-                         f"{relabelled[:3]}; regenerate the split (omit --split-file)")
-    unlisted = len(on_disk) - len({r for r, _ in listed})
-    return [f"{source}: {unlisted} image(s) of the dataset are in no split (added after the split was made)"] \
-        if unlisted > 0 else []
+        parts.append(f"{len(relabelled)} image(s) are in another class folder ({_listing(relabelled)})")
+    if parts:
+        raise DmlrsError(
+            f"{source} no longer matches the dataset: {'; '.join(parts)}. Make the folder match the split "
+            f"(restore missing or changed files from the archive, remove added ones), or make a new split: "
+            f"start a new run without --split-file (a resumed run must keep its split)"
+        )
+    return []

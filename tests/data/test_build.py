@@ -144,8 +144,10 @@ def test_reused_split_file(tmp_path, protocol):
 def test_split_file_from_another_dataset_is_refused(tmp_path):
     data = write_fake_dataset(tmp_path / "ucmd", "UCMD", layout="direct", per_class=3, size=8)
     path = save_manifest(build_data("demo").manifest, tmp_path / "split.json")
-    with pytest.raises(DmlrsError, match="classes do not match"):
+    with pytest.raises(DmlrsError, match="classes do not match") as info:
         build_data("UCMD", data, split_file=path)
+    message = str(info.value)
+    assert message.startswith(f"split file {path}, made for dataset 'demo': ") and "omit --split-file" in message
     with pytest.raises(DmlrsError, match="not found"):
         build_data("demo", split_file=tmp_path / "missing.json")
 

@@ -46,10 +46,10 @@ def test_corrupt_image_is_an_error_unless_skipped(fake_aid, capsys):
     bad.write_bytes(b"not a jpeg at all")
     assert main(["--dataset", "AID", "--data", str(fake_aid), "--verify", "full"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and "beach_000.jpg" in err
+    assert err.startswith(f"unreadable: {bad} (") and "\nerror: " in err and "beach_000.jpg" in err.splitlines()[-1]
     assert main(["--dataset", "AID", "--data", str(fake_aid), "--skip-corrupt"]) == 0
     out = capsys.readouterr().out
-    assert "90 images" in out and "beach_000.jpg" in out
+    assert "90 images" in out and f"skipped: {bad} (" in out
 
 
 def test_missing_data_flag_fails_cleanly(capsys):
@@ -65,3 +65,12 @@ def test_module_entry_point_exit_status_without_traceback(tmp_path):
                             capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr and result.stdout == ""
+
+
+def test_the_check_does_not_import_torch():
+    """``python -m dmlrs.data`` starts in a fraction of a second: torch is only imported by build_data."""
+    code = ("import sys, dmlrs.data.__main__, dmlrs.data.build, dmlrs.data.verify, dmlrs.data.splits\n"
+            "from dmlrs.data import prepare_data, load_manifest\n"
+            "assert 'torch' not in sys.modules and 'torchvision' not in sys.modules, 'torch imported'\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

@@ -172,3 +172,79 @@ def test_packaged_tables_equal_the_shared_reference():
                 assert set(row) <= set(table["classes"])
                 assert sum(row.values()) == pytest.approx(1.0, abs=1e-9)
                 assert row[true_name] == pytest.approx(1.0 - float(rate))
+
+
+# Rows of the t-RNSL paper's label-dependent tables (Tables V and VI), copied by hand from
+# /work/shared/reference/label_dependent_noise.json: {rate: {true class: {noisy class: probability}}},
+# every non-zero entry of the row (the diagonal included); all other entries of the row are 0.
+PAPER_ROWS = {
+    "AID": {
+        0.1: {
+            "Airport": {"Airport": 0.9, "BareLand": 0.02, "Industrial": 0.02, "Parking": 0.02,
+                        "RailwayStation": 0.02, "StorageTanks": 0.02},
+            "Industrial": {"Airport": 0.02, "Industrial": 0.9, "Square": 0.02, "StorageTanks": 0.04, "Viaduct": 0.02},
+            "Viaduct": {"RailwayStation": 0.04, "Square": 0.06, "Viaduct": 0.9},
+        },
+        0.3: {
+            "Airport": {"Airport": 0.7, "BareLand": 0.06, "Industrial": 0.06, "Parking": 0.06,
+                        "RailwayStation": 0.06, "StorageTanks": 0.06},
+            "Industrial": {"Airport": 0.06, "Industrial": 0.7, "Square": 0.06, "StorageTanks": 0.12, "Viaduct": 0.06},
+            "Viaduct": {"RailwayStation": 0.12, "Square": 0.18, "Viaduct": 0.7},
+        },
+        0.5: {
+            "Airport": {"Airport": 0.5, "BareLand": 0.1, "Industrial": 0.1, "Parking": 0.1,
+                        "RailwayStation": 0.1, "StorageTanks": 0.1},
+            "Industrial": {"Airport": 0.1, "Industrial": 0.5, "Square": 0.1, "StorageTanks": 0.2, "Viaduct": 0.1},
+            "Viaduct": {"RailwayStation": 0.2, "Square": 0.3, "Viaduct": 0.5},
+        },
+        0.7: {
+            "Airport": {"Airport": 0.3, "BareLand": 0.14, "Industrial": 0.14, "Parking": 0.14,
+                        "RailwayStation": 0.14, "StorageTanks": 0.14},
+            "Industrial": {"Airport": 0.14, "Industrial": 0.3, "Square": 0.14, "StorageTanks": 0.28, "Viaduct": 0.14},
+            "Viaduct": {"RailwayStation": 0.28, "Square": 0.42, "Viaduct": 0.3},
+        },
+    },
+    "NWPU45": {
+        0.1: {
+            "airplane": {"airplane": 0.9, "airport": 0.04, "freeway": 0.02, "industrial_area": 0.02, "runway": 0.02},
+            "freeway": {"bridge": 0.02, "freeway": 0.9, "intersection": 0.02, "overpass": 0.02, "railway": 0.02,
+                        "runway": 0.02},
+            "wetland": {"bridge": 0.02, "forest": 0.02, "lake": 0.04, "river": 0.02, "wetland": 0.9},
+        },
+        0.3: {
+            "airplane": {"airplane": 0.7, "airport": 0.12, "freeway": 0.06, "industrial_area": 0.06, "runway": 0.06},
+            "freeway": {"bridge": 0.06, "freeway": 0.7, "intersection": 0.06, "overpass": 0.06, "railway": 0.06,
+                        "runway": 0.06},
+            "wetland": {"bridge": 0.06, "forest": 0.06, "lake": 0.12, "river": 0.06, "wetland": 0.7},
+        },
+        0.5: {
+            "airplane": {"airplane": 0.5, "airport": 0.2, "freeway": 0.1, "industrial_area": 0.1, "runway": 0.1},
+            "freeway": {"bridge": 0.1, "freeway": 0.5, "intersection": 0.1, "overpass": 0.1, "railway": 0.1,
+                        "runway": 0.1},
+            "wetland": {"bridge": 0.1, "forest": 0.1, "lake": 0.2, "river": 0.1, "wetland": 0.5},
+        },
+        0.7: {
+            "airplane": {"airplane": 0.3, "airport": 0.28, "freeway": 0.14, "industrial_area": 0.14, "runway": 0.14},
+            "freeway": {"bridge": 0.14, "freeway": 0.3, "intersection": 0.14, "overpass": 0.14, "railway": 0.14,
+                        "runway": 0.14},
+            "wetland": {"bridge": 0.14, "forest": 0.14, "lake": 0.28, "river": 0.14, "wetland": 0.3},
+        },
+    },
+}
+_SPEC_OF_TABLE = {"AID": "AID", "NWPU45": "NWPU-RESISC45"}
+
+
+@pytest.mark.parametrize("table", sorted(PAPER_ROWS))
+@pytest.mark.parametrize("rate", RATES)
+def test_packaged_tables_hold_the_paper_rows(table, rate):
+    from dmlrs.data.specs import DATASET_SPECS
+
+    rows = PAPER_ROWS[table][rate]
+    packaged = _tables()[table]["matrices"][str(rate)]
+    for true_name, row in rows.items():
+        assert packaged[true_name] == row  # same non-zero entries, same values
+    classes = list(DATASET_SPECS[_SPEC_OF_TABLE[table]].classes)  # the label order comes from the specs
+    m = transition_matrix("dependent", rate, len(classes), class_names=classes, dataset=table)
+    for true_name, row in rows.items():
+        for noisy_name in classes:
+            assert m[classes.index(true_name), classes.index(noisy_name)] == row.get(noisy_name, 0.0)

@@ -106,13 +106,67 @@ def test_manifest_round_trip_and_hash(tmp_path, protocol):
     (json.dumps({"version": 1, "classes": ["a"], "train": [["x.jpg", 3]], "val": [], "test": []}), "'train'"),
     (json.dumps({"version": 1, "classes": ["a"], "protocol": "random", "train": [], "val": [], "test": []}),
      "protocol 'random'"),
+    (json.dumps({"version": 1, "classes": ["a"], "protocol": ["x"], "train": [], "val": [], "test": []}), "protocol"),
+    ("", "not valid JSON"),
+    (b"\xff\xfe{", "not valid JSON"),
+    ("[" * 100000, "not"),
+    (json.dumps({"version": 1, "classes": "ab", "train": [], "val": [], "test": []}), "'classes'"),
+    (json.dumps({"version": 1, "classes": ["a", "a"], "train": [], "val": [], "test": []}), "distinct"),
+    (json.dumps({"version": 1, "classes": ["a"], "train": [["x.jpg", True]], "val": [], "test": []}), "'train'"),
+    (json.dumps({"version": 1, "classes": ["a"], "train": {"x.jpg": 0}, "val": [], "test": []}), "'train'"),
+    (json.dumps({"version": 1, "classes": ["a"], "train": [], "val": [], "test": [], "seed": "42"}), "'seed'"),
+    (json.dumps({"version": 1, "classes": ["a"], "train": [], "val": [], "test": [], "fractions": [0.7, "x", 1]}),
+     "'fractions'"),
+    (json.dumps({"version": 1, "classes": ["a"], "train": [], "val": [], "test": [], "file_sizes": {"x": -1}}),
+     "'file_sizes'"),
+    (json.dumps({"version": 1, "classes": ["a"], "train": [["x", 0]], "val": [], "test": [], "labelled": [0]}),
+     "'labelled' needs 'train_per'"),
+    (json.dumps({"version": 1, "classes": ["a"], "train": [["x", 0]], "val": [], "test": [], "labelled": [0],
+                 "train_per": "0.2"}), "'train_per'"),
+    (json.dumps({"version": 1, "classes": ["a"], "train": [["x", 0]], "val": [], "test": [], "labelled": [3],
+                 "train_per": 0.2, "unlabelled": []}), "'labelled' must list indices"),
+    (json.dumps({"version": 1, "classes": ["a"], "train": [["x", 0]], "val": [], "test": [["x", 0]]}),
+     "more than once, e.g. x \\(train, test\\)"),
 ])
 def test_bad_manifest_files_raise_clear_errors(tmp_path, content, message):
     path = tmp_path / "split.json"
-    path.write_text(content)
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
     with pytest.raises(DmlrsError, match=message) as info:
         load_manifest(path)
-    assert str(path) in str(info.value)
+    assert str(path) in str(info.value) and "omitting --split-file" in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+_WRONG_VALUES = [None, True, -1, 2.5, "text", [], [1, "a"], {}, {"a": 1}]
+
+
+@pytest.mark.parametrize("key", ["version", "dataset", "root", "classes", "seed", "protocol", "fractions", "train",
+                                 "val", "test", "train_per", "transductive", "labelled", "unlabelled",
+                                 "unlabelled_source", "file_sizes"])
+def test_any_wrong_value_is_refused_with_the_file_named_or_harmless(tmp_path, key):
+    """Hand-edited split files: each key set to values of the wrong type, used for (semi-)supervised runs."""
+    from dmlrs.data import build_data
+
+    good = build_data("demo", train_per=0.5).manifest
+    good["file_sizes"] = {p: 1 for p, _ in good["train"]}
+    for value in _WRONG_VALUES:
+        path = save_manifest(dict(good, **{key: value}), tmp_path / "split.json")
+        for train_per in (None, 0.5):
+            try:
+                build_data("demo", split_file=path, train_per=train_per).summary()
+            except DmlrsError as exc:
+                assert str(path) in str(exc), (key, value, str(exc))
+                assert "\n" not in str(exc)
+
+
+def test_unreadable_manifest_file_is_named(tmp_path):
+    folder = tmp_path / "split.json"
+    folder.mkdir()  # a folder where the file should be
+    with pytest.raises(DmlrsError, match="not found"):
+        load_manifest(folder)
 
 
 def test_missing_manifest_file(tmp_path):
@@ -126,14 +180,52 @@ def test_reused_manifest_must_match_the_data(protocol):
     assert check_manifest_matches(manifest, CLASSES, _samples()) == []
     with pytest.raises(DmlrsError, match="classes do not match"):
         check_manifest_matches(manifest, ["alpha", "beta", "omega"], _samples())
-    fewer = [s for s in _samples() if s[0] != manifest["test"][0][0]]
-    with pytest.raises(DmlrsError, match="not found in the dataset"):
+    gone = manifest["test"][0][0]
+    fewer = [s for s in _samples() if s[0] != gone]
+    with pytest.raises(DmlrsError, match=rf"1 listed image\(s\) are missing \({gone}\)"):
         check_manifest_matches(manifest, CLASSES, fewer)
-    relabelled = [(p, (lab + 1) % 3 if p == manifest["val"][0][0] else lab) for p, lab in _samples()]
-    with pytest.raises(DmlrsError, match="another class"):
+    moved = manifest["val"][0][0]
+    relabelled = [(p, (lab + 1) % 3 if p == moved else lab) for p, lab in _samples()]
+    with pytest.raises(DmlrsError, match=rf"1 image\(s\) are in another class folder \({moved} "):
         check_manifest_matches(manifest, CLASSES, relabelled)
-    notes = check_manifest_matches(manifest, CLASSES, _samples() + [("alpha/new.jpg", 0)])
-    assert len(notes) == 1 and "1 image" in notes[0]
+    with pytest.raises(DmlrsError, match=r"1 image\(s\) on disk are in no split \(alpha/new.jpg\)"):
+        check_manifest_matches(manifest, CLASSES, _samples() + [("alpha/new.jpg", 0)])
+
+
+def test_every_difference_is_listed_in_one_line():
+    manifest = make_manifest("toy", None, CLASSES, _samples(), seed=5, file_sizes={p: 100 for p, _ in _samples()})
+    gone = manifest["train"][0][0]
+    added = [(f"beta/new_{i}.jpg", 1) for i in range(4)]
+    on_disk = [s for s in _samples() if s[0] != gone] + added
+    sizes = {p: 100 for p, _ in on_disk}
+    changed = manifest["test"][-1][0]
+    sizes[changed] = 57
+    with pytest.raises(DmlrsError) as info:
+        check_manifest_matches(manifest, CLASSES, on_disk, source="split file x.json", sizes=sizes)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith("split file x.json no longer matches the dataset: ")
+    assert f"1 listed image(s) are missing ({gone})" in message
+    assert "4 image(s) on disk are in no split (beta/new_0.jpg, beta/new_1.jpg, beta/new_2.jpg, ... (4 in all))" \
+        in message
+    assert f"1 image(s) changed since the split was made ({changed}: 100 -> 57 bytes)" in message
+    assert "remove added ones" in message and "without --split-file" in message
+    # without recorded sizes (older manifests) the size check is skipped
+    old = {k: v for k, v in manifest.items() if k != "file_sizes"}
+    assert check_manifest_matches(old, CLASSES, _samples(), sizes={p: 1 for p, _ in _samples()}) == []
+    assert manifest_hash(old) == manifest_hash(manifest)  # sizes are not hashed: old checkpoints still match
+
+
+def test_unreadable_files_are_present_but_not_added_or_size_checked():
+    samples = _samples()
+    manifest = make_manifest("toy", None, CLASSES, samples, seed=5, file_sizes={p: 100 for p, _ in samples})
+    listed_bad = manifest["train"][0][0]
+    sizes = {p: 100 for p, _ in samples}
+    sizes[listed_bad] = 3  # truncated
+    extra_bad = ("gamma/junk.jpg", 2)  # left out when the split was made
+    assert check_manifest_matches(manifest, CLASSES, samples + [extra_bad], sizes=sizes,
+                                  unreadable=[listed_bad, extra_bad[0]]) == []
+    with pytest.raises(DmlrsError, match="changed since"):
+        check_manifest_matches(manifest, CLASSES, samples, sizes=sizes)
 
 
 @pytest.mark.parametrize("protocol", ["original", "stratified"])
