@@ -1,6 +1,9 @@
 """Atomic file writes: a crash or kill leaves the old file or the new one, never a torn mix.
 
-Used for checkpoints, split manifests and the run folder's JSON files.
+Used for checkpoints, split manifests and the run folder's JSON files. The new content goes to a
+temporary file ``.<name>.<random>.tmp`` beside the target; an exception (a full disk included)
+removes it, while a ``kill -9`` can leave it behind: :func:`remove_stale_temporaries` deletes
+such leftovers when a run is resumed.
 """
 from __future__ import annotations
 
@@ -8,6 +11,8 @@ import contextlib
 import os
 import tempfile
 from pathlib import Path
+
+TEMP_SUFFIX = ".tmp"
 
 
 @contextlib.contextmanager
@@ -19,7 +24,7 @@ def atomic_open(path: str | Path, mode: str = "wb", encoding: str | None = None)
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     try:
         os.chmod(tmp_name, 0o666 & ~_current_umask())  # mkstemp makes 0600; match a plain open()
         with os.fdopen(fd, mode, encoding=encoding) as handle:
@@ -31,6 +36,19 @@ def atomic_open(path: str | Path, mode: str = "wb", encoding: str | None = None)
         Path(tmp_name).unlink(missing_ok=True)
         raise
     _fsync_directory(path.parent)
+
+
+def remove_stale_temporaries(folder: str | Path, names: tuple[str, ...]) -> list[Path]:
+    """Delete the temporary files that :func:`atomic_open` left in ``folder`` for targets named in
+    ``names`` (a writer killed before its rename); returns the deleted paths. Only call it when no
+    other process is writing there."""
+    folder = Path(folder)
+    removed = []
+    for name in names:
+        for leftover in folder.glob(f".{name}.*{TEMP_SUFFIX}"):
+            leftover.unlink(missing_ok=True)
+            removed.append(leftover)
+    return removed
 
 
 def _current_umask() -> int:

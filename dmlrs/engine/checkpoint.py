@@ -3,15 +3,22 @@
 A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so it loads with
 ``torch.load(..., weights_only=True)``. It is written atomically: to a temporary file in the
 same folder, flushed and fsync'ed, then renamed over the target. A crash or kill at any moment
-leaves either the previous file or the new one, never a truncated mix.
+leaves either the previous file or the new one, never a truncated mix. A write that fails (full
+disk, I/O error) raises a :class:`DmlrsError` naming the file and the reason, leaves the
+previous checkpoint as it was and no temporary file behind.
 
-Contents written by the trainer (see ``Trainer.state_dict``): ``format``, ``epoch`` (epochs
-completed), ``step_in_epoch``, ``method`` (model, EMA, memory, loss parameters), ``model`` (the
-embedding model alone, so ``--weights PATH`` can load it), ``optimizer``, ``scheduler``,
-``scaler``, ``rng``, ``best_score``, ``best_epoch``, ``manifest_hash``, ``config``.
+Contents written by the trainer (see ``Trainer.state_dict``; format 2): ``format``, ``epoch``
+(epochs completed), ``step_in_epoch`` (optimizer steps done in the epoch being trained),
+``epoch_started`` (its start hooks ran), ``epoch_totals`` (its running loss sums and counts),
+``record`` (the metrics.jsonl record of epoch ``epoch``), ``skipped_nonfinite`` (steps skipped
+over the run), ``method`` (model, EMA, memory, loss parameters), ``model`` (the embedding model
+alone, so ``--weights PATH`` can load it), ``optimizer``, ``scheduler``, ``scaler``, ``rng``,
+``best_score``, ``best_epoch``, ``manifest_hash``. Format 1 files (no ``epoch_started``,
+``epoch_totals``, ``record``, ``skipped_nonfinite``) still load.
 """
 from __future__ import annotations
 
+import errno
 import random
 from pathlib import Path
 
@@ -19,15 +26,32 @@ import numpy as np
 import torch
 
 from dmlrs.atomic import atomic_open
+from dmlrs.engine import faults
 from dmlrs.errors import DmlrsError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 def save_checkpoint(state: dict, path: str | Path) -> None:
-    """Write ``state`` to ``path`` atomically (temp file + fsync + rename)."""
-    with atomic_open(path, "wb") as handle:
-        torch.save(state, handle)
+    """Write ``state`` to ``path`` atomically (temp file + fsync + rename).
+
+    An ``OSError`` (e.g. ENOSPC) becomes a one-line :class:`DmlrsError` that names the file, the
+    reason and says the previous checkpoint is intact (the temporary file is removed)."""
+    path = Path(path)
+    existed = path.is_file()
+    try:
+        with atomic_open(path, "wb") as handle:
+            torch.save(state, handle)
+            handle.flush()
+            faults.reached("save")  # test-only: a kill between writing and renaming
+    except OSError as exc:
+        reason = exc.strerror or str(exc) or exc.__class__.__name__
+        code = errno.errorcode.get(exc.errno) if exc.errno else None
+        kept = (f"the previous {path.name} is intact" if existed
+                else f"no earlier {path.name} existed, nothing was overwritten")
+        hint = " (free disk space" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else " (check the disk"
+        raise DmlrsError(f"could not write checkpoint {path}: {reason}{f' [{code}]' if code else ''}; "
+                         f"{kept}{hint}, then continue with --resume auto)") from exc
 
 
 def load_checkpoint(path: str | Path) -> dict:

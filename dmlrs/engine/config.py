@@ -13,6 +13,14 @@ HAMMING_SELECT_K = 20
 SELECT_METRICS = ("knn_acc", "mAP", HAMMING_SELECT_METRIC)
 #: the scores that only hashing methods (``Method.hashing``, i.e. CDNE) have
 HASHING_SELECT_METRICS = (HAMMING_SELECT_METRIC,)
+#: ``--save-every-steps`` default: a mid-epoch ``last.pt`` every 200 optimizer steps. Measured on
+#: an NVIDIA H200 (ResNet18 SNCA-CE, batch 256, 256 px, 7,000-slot memory): one training step
+#: takes 66 ms (fp32; 60 ms bf16), one atomic save of the run state (94 MB) 171 ms (153 ms), so
+#: every 200 steps costs 1.3% of step time at worst (2% would be every 130 steps); on the
+#: 2-core development CPU a save takes 0.29 s against 19 s per step (batch 32), so there even
+#: N = 1 costs 1.5%. Epoch ends always save, so on the RS datasets (28-104 steps per epoch at
+#: batch 256) a kill loses at most one epoch; pass a small N to lose at most N steps.
+DEFAULT_SAVE_EVERY_STEPS = 200
 
 
 def check_select_metric(metric: str, hashing: bool, method: str | None = None) -> str:
@@ -54,3 +62,12 @@ class TrainConfig:
     eval_batch_size: int | None = None
     steps_per_epoch: int | None = None
     progress: bool = True
+    #: write last.pt every N optimizer steps inside an epoch too (0: at epoch ends only)
+    save_every_steps: int = DEFAULT_SAVE_EVERY_STEPS
+    #: optimizer steps with a non-finite loss or gradient that may be skipped over the run
+    skip_nonfinite: int = 0
+
+    def __post_init__(self):
+        for flag, value in (("--save-every-steps", self.save_every_steps), ("--skip-nonfinite", self.skip_nonfinite)):
+            if int(value) < 0:
+                raise DmlrsError(f"{flag} must be 0 or a positive number of steps, got {value}")

@@ -1,7 +1,11 @@
 """Validation and the final test-split report.
 
 Embeddings are always extracted fresh, with the model in eval mode on un-augmented images
-(never read from stale memory-bank slots).
+(never read from stale memory-bank slots). ``extract(..., seed=...)`` also embeds augmented
+datasets (the t-RNSL refresh) with each image augmented under its own draw seed (see
+``dmlrs.engine.loaders``), so the result does not depend on the number of loader workers.
+Nothing here changes the training state or consumes the global RNGs: validation can be killed
+and replayed at any point.
 
 - Validation: kNN accuracy (k = 10, distance-weighted, train split as gallery) and mAP of the
   validation split against the train split; for hashing methods also ``hamming_P@20``, the
@@ -23,6 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from dmlrs.engine.config import HAMMING_SELECT_K, HAMMING_SELECT_METRIC, check_select_metric
+from dmlrs.engine import faults
 from dmlrs.engine.device import autocast
 from dmlrs.engine.loaders import eval_loader
 from dmlrs.methods.base import Method
@@ -43,13 +48,17 @@ class Evaluator:
 
     @torch.no_grad()
     def extract(self, dataset, encode: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                desc: str = "embedding") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(outputs (N, d) float32 on CPU, labels (N,), indices (N,))`` in dataset order."""
-        (outputs,), labels, indices = self.extract_many(dataset, (encode or self.method.embed,), desc=desc)
+                desc: str = "embedding", seed: int | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(outputs (N, d) float32 on CPU, labels (N,), indices (N,))`` in dataset order.
+        ``seed``: load image ``i`` under the draw seed of ``(seed, refresh stream, i)`` (for
+        datasets with random augmentation)."""
+        (outputs,), labels, indices = self.extract_many(dataset, (encode or self.method.embed,), desc=desc,
+                                                        seed=seed)
         return outputs, labels, indices
 
     @torch.no_grad()
-    def extract_many(self, dataset, encoders, desc: str = "embedding"
+    def extract_many(self, dataset, encoders, desc: str = "embedding", seed: int | None = None
                      ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
         """Like :meth:`extract` with several encoders in ONE pass over the data (each image is
         loaded once): ``([outputs of each encoder], labels, indices)``."""
@@ -58,7 +67,7 @@ class Evaluator:
         outputs = [[] for _ in encoders]
         labels, indices = [], []
         loader = eval_loader(dataset, self.batch_size, num_workers=self.num_workers,
-                             pin_memory=self.device.type == "cuda")
+                             pin_memory=self.device.type == "cuda", seed=seed)
         try:
             for batch in tqdm(loader, desc=desc, leave=False, disable=not self.progress):
                 images = batch["image"].to(self.device, non_blocking=True)
@@ -78,6 +87,7 @@ class Evaluator:
         encoders = (self.method.embed, self.method.codes) if self.method.hashing else (self.method.embed,)
         (gallery, *gallery_codes), gallery_labels, _ = self.extract_many(self.data.train_eval, encoders,
                                                                          desc="embed train")
+        faults.reached("validate")  # test-only: a kill in the middle of validation
         (query, *query_codes), query_labels, _ = self.extract_many(self.data.val, encoders, desc="embed val")
         scores = {
             "knn_acc": knn_accuracy(gallery, gallery_labels, query, query_labels, k=self.knn_k),

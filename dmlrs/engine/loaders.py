@@ -1,15 +1,24 @@
-"""DataLoaders whose batch order is a pure function of (seed, epoch).
+"""DataLoaders whose batches AND augmentations are a pure function of (seed, epoch, position).
 
-The training order is drawn from a generator seeded per epoch, so an interrupted epoch can be
-replayed up to the step where it stopped (``skip_batches``) and a resumed run sees the same
-batches as an uninterrupted one.
+* Batch order: drawn from a generator seeded per epoch (:class:`ShuffledBatches`, or the
+  method's own batch sampler such as SRL's C x K sampler, or :class:`ContinuingPasses` for the
+  unlabelled stream), so an interrupted epoch can be replayed up to the step where it stopped
+  (``skip_batches``).
+* Augmentation: :class:`SeededBatches` turns each index of a batch into ``(index, draw_seed)``,
+  the seed of draw ``p`` of the epoch's stream (``p`` counted over the whole epoch, *before*
+  skipping the batches of a resumed run; see :func:`dmlrs.engine.seeding.draw_seed`), and
+  :class:`SeededDataset` loads ``dataset[index]`` under that seed in whichever process reads
+  it. The images a step sees are thus the same whatever ``num_workers`` is and wherever the run
+  was resumed.
+* Nothing here consumes the main process's global RNGs (loaders get their own generators).
 """
 from __future__ import annotations
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler, SequentialSampler
 
-from dmlrs.engine.seeding import pass_seed, worker_init_fn
+from dmlrs.engine.seeding import (REFRESH_STREAM, TRAIN_STREAM, draw_seed, isolated_rng, pass_seed,
+                                  worker_init_fn)
 
 
 class ShuffledBatches(Sampler[list[int]]):
@@ -63,10 +72,10 @@ class ContinuingPasses(Sampler[list[int]]):
         return self.num_steps
 
 
-class SkipFirst(Sampler[list[int]]):
+class SkipFirst(Sampler):
     """A batch sampler without its first ``skip`` batches (resuming inside an epoch)."""
 
-    def __init__(self, batches: Sampler[list[int]], skip: int):
+    def __init__(self, batches: Sampler, skip: int):
         self.batches, self.skip = batches, skip
 
     def __iter__(self):
@@ -78,19 +87,65 @@ class SkipFirst(Sampler[list[int]]):
         return max(len(self.batches) - self.skip, 0)
 
 
+class SeededBatches(Sampler[list[tuple[int, int]]]):
+    """``batches`` with each index paired with the seed of its draw: the ``p``-th index yielded
+    (counted from the first batch, whatever is skipped later) gets
+    ``draw_seed(seed, stream, p)``. Read them with :class:`SeededDataset`."""
+
+    def __init__(self, batches, seed: int, stream: int):
+        self.batches, self.seed, self.stream = batches, int(seed), int(stream)
+
+    def __iter__(self):
+        position = 0
+        for batch in self.batches:
+            yield [(int(index), draw_seed(self.seed, self.stream, position + offset))
+                   for offset, index in enumerate(batch)]
+            position += len(batch)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+class SeededDataset(Dataset):
+    """``dataset[(index, seed)]`` = ``dataset[index]`` loaded with the RNGs of the current process
+    (worker or main) seeded from ``seed`` and restored afterwards."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]):
+        index, seed = key
+        with isolated_rng(seed):
+            return self.dataset[index]
+
+
 def train_loader(dataset: Dataset, batch_size: int, *, seed: int, num_workers: int,
                  batch_sampler: Sampler | None = None, skip_batches: int = 0,
-                 pin_memory: bool = False) -> DataLoader:
-    generator = torch.Generator().manual_seed(seed)
-    batches = batch_sampler if batch_sampler is not None else ShuffledBatches(len(dataset), batch_size, generator)
+                 pin_memory: bool = False, stream: int = TRAIN_STREAM) -> DataLoader:
+    """Batches of ``batch_sampler`` (default: :class:`ShuffledBatches` seeded with ``seed``)
+    without the first ``skip_batches``, each image augmented under its draw seed of
+    ``(seed, stream, position in the epoch)``."""
+    if batch_sampler is None:
+        batch_sampler = ShuffledBatches(len(dataset), batch_size, torch.Generator().manual_seed(seed))
+    batches = SeededBatches(batch_sampler, seed, stream)
     if skip_batches:
         batches = SkipFirst(batches, skip_batches)
-    return DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, generator=generator,
-                      worker_init_fn=worker_init_fn, pin_memory=pin_memory,
-                      persistent_workers=False)
+    return DataLoader(SeededDataset(dataset), batch_sampler=batches, num_workers=num_workers,
+                      generator=torch.Generator().manual_seed(seed), worker_init_fn=worker_init_fn,
+                      pin_memory=pin_memory, persistent_workers=False)
 
 
-def eval_loader(dataset: Dataset, batch_size: int, *, num_workers: int, pin_memory: bool = False) -> DataLoader:
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                      worker_init_fn=worker_init_fn, pin_memory=pin_memory)
-
+def eval_loader(dataset: Dataset, batch_size: int, *, num_workers: int, pin_memory: bool = False,
+                seed: int | None = None, stream: int = REFRESH_STREAM) -> DataLoader:
+    """The dataset in order. With ``seed`` each image is loaded under its draw seed of
+    ``(seed, stream, index)`` (a refresh pass over augmented training images)."""
+    generator = torch.Generator().manual_seed(0)  # keeps the global RNG out of DataLoader's worker seeds
+    if seed is None:
+        return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                          worker_init_fn=worker_init_fn, pin_memory=pin_memory, generator=generator)
+    batches = SeededBatches(BatchSampler(SequentialSampler(dataset), batch_size, drop_last=False), seed, stream)
+    return DataLoader(SeededDataset(dataset), batch_sampler=batches, num_workers=num_workers,
+                      worker_init_fn=worker_init_fn, pin_memory=pin_memory, generator=generator)

@@ -3,6 +3,12 @@
 It holds ``config.json`` (every resolved argument, versions, git commit, a fingerprint of the
 settings that define the run), ``split.json``, ``metrics.jsonl``, ``test_metrics.json``,
 ``checkpoints/{last,best}.pt`` and ``tb/``.
+
+``--resume auto`` continues the newest run of the same method and dataset whose settings have
+the same fingerprint: a hash of every setting except :data:`RUNTIME_ONLY`, the ones that do not
+change what a run computes (where output goes, logging, loader processes, the device, how often
+it checkpoints, how long it trains). The fingerprint of a candidate is recomputed from its
+``config.json`` arguments, so runs made before a setting became runtime-only still match.
 """
 from __future__ import annotations
 
@@ -16,8 +22,15 @@ from pathlib import Path
 
 from dmlrs.atomic import atomic_open
 
-#: Settings that do not change what a run computes (excluded from the fingerprint).
-RUNTIME_ONLY = ("resume", "evaluate", "out", "num_workers", "progress", "device", "epochs", "eval_every")
+#: Settings that do not change what a run computes (excluded from the fingerprint): output and
+#: logging (``out``, ``progress``, ``tensorboard``), how it runs (``num_workers``: augmentation
+#: does not depend on it; ``device``; ``save_every_steps``), what to do (``resume``,
+#: ``evaluate``), how far (``epochs``, ``eval_every``), where the data lives (``data``: the split
+#: manifest's hash, checked on resume, guards the content) and ``skip_nonfinite`` (so a run that
+#: stopped on a non-finite step can be resumed with it). ``amp``, ``deterministic`` and
+#: ``channels_last`` change the numerics and stay in.
+RUNTIME_ONLY = ("resume", "evaluate", "out", "num_workers", "progress", "tensorboard", "device", "epochs",
+                "eval_every", "data", "save_every_steps", "skip_nonfinite")
 
 
 def safe_name(name: str) -> str:
@@ -42,18 +55,32 @@ def fingerprint(settings: dict) -> str:
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def find_resumable_run(out: str | Path, method: str, dataset: str, settings: dict) -> Path | None:
-    """The newest run of the same method, dataset and fingerprint that has ``checkpoints/last.pt``."""
+def find_resumable_run(out: str | Path, method: str, dataset: str, settings: dict,
+                       normalize=None) -> Path | None:
+    """The newest training run of the same method, dataset and fingerprint (``--evaluate`` folders
+    are not training runs). It may have no ``checkpoints/last.pt`` yet: killed before its first
+    checkpoint, it is started again in place rather than left behind.
+
+    A candidate's fingerprint is recomputed from ``{**config["args"], "method": config["method"]}``
+    passed through ``normalize`` (the caller's own normalisation of ``settings``, if any), so a
+    change of :data:`RUNTIME_ONLY` does not orphan earlier runs."""
     base = Path(out) / safe_name(method) / safe_name(dataset)
     wanted = fingerprint(settings)
     for run_dir in sorted(base.glob("*"), reverse=True):
         config = run_dir / "config.json"
-        if (run_dir / "checkpoints" / "last.pt").is_file() and config.is_file():
-            try:
-                if json.loads(config.read_text()).get("fingerprint") == wanted:
-                    return run_dir
-            except (OSError, json.JSONDecodeError):
-                continue
+        if not config.is_file():
+            continue
+        try:
+            saved = json.loads(config.read_text())
+            candidate = {**saved.get("args", {}), "method": saved.get("method", method)}
+        except (OSError, json.JSONDecodeError, AttributeError, TypeError):
+            continue
+        if candidate.get("evaluate"):
+            continue
+        if normalize is not None:
+            candidate = normalize(candidate)
+        if wanted in (saved.get("fingerprint"), fingerprint(candidate)):
+            return run_dir
     return None
 
 

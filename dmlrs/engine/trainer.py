@@ -1,29 +1,90 @@
 """The one training loop: train epoch -> validation -> checkpoint, for every method.
 
 The method supplies ``training_step`` and hooks (see ``dmlrs/methods/base.py``); the trainer owns
-the optimizer, schedule, mixed precision, seeding, checkpoints and logs. Epoch ``e`` (0-based) is
-seeded from ``(seed, e)``, so resuming at an epoch boundary continues bit-for-bit.
+the optimizer, schedule, mixed precision, seeding, checkpoints and logs.
+
+Exact resume, whatever moment a run is killed at (``kill -9`` included):
+
+* **Randomness.** When epoch ``e`` (0-based) *starts*, the RNGs are re-seeded from ``(seed, e)``
+  and the method's epoch hooks run (``on_epoch_start``: memory momentum schedule, t-RNSL
+  refresh). A run resumed *inside* an epoch (``epoch_started`` in the checkpoint) does neither:
+  the RNG states and the hooks' effects come from the checkpoint. Batch order is a function of
+  ``(seed, epoch)`` and every augmentation draw has its own seed (``dmlrs.engine.loaders``), so
+  the replayed rest of the epoch sees the same images whatever ``--num_workers`` is.
+* **Checkpoints.** ``last.pt`` is written atomically at the end of every epoch and, with
+  ``--save-every-steps N``, every N optimizer steps inside an epoch (:data:`DEFAULT_SAVE_EVERY_STEPS
+  <dmlrs.engine.config.DEFAULT_SAVE_EVERY_STEPS>`, chosen so a save costs < 2% of the step
+  time). A checkpoint also holds the epoch's running loss sums (so a resumed epoch logs the
+  same means) and the record of the last finished epoch.
+* **Epoch end order.** validate -> update best score -> ``last.pt`` (with the record) ->
+  ``best.pt`` (same state, when improved) -> ``metrics.jsonl`` line. A kill before ``last.pt``
+  replays the epoch (validation included); a kill between ``last.pt`` and ``best.pt`` is
+  repaired on resume (``best.pt`` is rewritten from ``last.pt``, whose epoch is the best); a
+  kill before the log line is repaired by :meth:`RunLog.reconcile`. Temporary files of killed
+  writes are deleted on resume.
+* **Divergence.** A step whose loss (any part) or gradient is not finite never reaches the
+  optimizer, the memory bank or a checkpoint: the run stops with an error naming the epoch,
+  step and parts, keeping the last good ``last.pt`` -- or, with ``--skip-nonfinite N``, up to N
+  such steps are skipped over the run (counted as ``skipped_nonfinite`` in ``metrics.jsonl``).
+  Under fp16 autocast the grad scaler handles overflowing gradients itself (not counted).
+* **Disk.** A checkpoint that cannot be written (e.g. a full disk) ends the run with one error
+  naming the file and the reason; the previous checkpoint is intact.
 """
 from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
 from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
 
-from dmlrs.engine.checkpoint import FORMAT_VERSION, capture_rng_state, restore_rng_state, save_checkpoint
+from dmlrs.atomic import remove_stale_temporaries
+from dmlrs.engine import faults
+from dmlrs.engine.checkpoint import (FORMAT_VERSION, capture_rng_state, load_checkpoint, restore_rng_state,
+                                     save_checkpoint)
 from dmlrs.engine.config import HASHING_SELECT_METRICS, TrainConfig
 from dmlrs.engine.device import autocast, make_grad_scaler, resolve_device
 from dmlrs.engine.evaluation import Evaluator
 from dmlrs.engine.interrupt import GracefulInterrupt
-from dmlrs.engine.loaders import ContinuingPasses, train_loader
+from dmlrs.engine.loaders import ContinuingPasses, ShuffledBatches, train_loader
 from dmlrs.engine.run_log import RunLog
-from dmlrs.engine.seeding import epoch_seed, seed_everything
+from dmlrs.engine.seeding import UNLABELLED_STREAM, epoch_seed, seed_everything
 from dmlrs.errors import DmlrsError
 from dmlrs.methods.base import EpochContext, Method
+
+#: files of the run folder written atomically (their temporaries are cleaned up on resume)
+_RUN_FILES = ("metrics.jsonl", "test_metrics.json", "config.json", "split.json")
+_CHECKPOINT_FILES = ("last.pt", "best.pt")
+
+
+@dataclass
+class EpochTotals:
+    """Running sums of the epoch being trained. Saved in mid-epoch checkpoints, so the record of
+    an epoch that was resumed averages all of its steps, as an uninterrupted run does."""
+
+    sums: dict[str, float] = field(default_factory=dict)  # loss parts summed over counted steps
+    steps: int = 0  # steps in ``sums`` (skipped steps are not)
+    skipped: int = 0  # steps skipped for a non-finite loss or gradient
+    replaced: int | None = None  # images replaced by --skip-corrupt (None: the data never says)
+
+    def state_dict(self) -> dict:
+        return {"sums": dict(self.sums), "steps": self.steps, "skipped": self.skipped, "replaced": self.replaced}
+
+    @classmethod
+    def from_state(cls, state: dict | None) -> "EpochTotals":
+        if not state:
+            return cls()
+        return cls({str(k): float(v) for k, v in state["sums"].items()}, int(state["steps"]),
+                   int(state["skipped"]), None if state["replaced"] is None else int(state["replaced"]))
+
+    def add_replaced(self, flags) -> None:
+        """Count the images of a batch that the data layer replaced (its ``"replaced"`` key)."""
+        if flags is not None:
+            self.replaced = (self.replaced or 0) + int(torch.as_tensor(flags).sum())
 
 
 class Trainer:
@@ -35,8 +96,8 @@ class Trainer:
         method.to(self.device)
         if config.channels_last:
             method.to(memory_format=torch.channels_last)
-        trainable = [p for p in method.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.SGD(trainable, lr=config.lr, momentum=config.momentum,
+        self.trainable = [(name, p) for name, p in method.named_parameters() if p.requires_grad]
+        self.optimizer = torch.optim.SGD([p for _, p in self.trainable], lr=config.lr, momentum=config.momentum,
                                          nesterov=config.nesterov, weight_decay=config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=config.lr_step,
                                                          gamma=config.lr_gamma)
@@ -48,9 +109,14 @@ class Trainer:
                                    progress=config.progress, select_metric=config.select_metric)
         self.tensorboard = tensorboard
         self.epoch = 0            # epochs completed
-        self.step_in_epoch = 0    # optimizer steps done in the epoch being trained (after an interrupt)
+        self.step_in_epoch = 0    # optimizer steps done (or skipped) in the epoch being trained
+        self.epoch_started = False  # the epoch being trained was re-seeded and its hooks ran
+        self.totals = EpochTotals()  # running sums of the epoch being trained
+        self.record: dict | None = None  # metrics.jsonl record of epoch ``self.epoch``
+        self.skipped_nonfinite = 0  # steps skipped over the whole run
         self.best_score = -math.inf
         self.best_epoch = -1
+        self.saved_at: tuple[int, int] | None = None  # (epoch, step_in_epoch) of the last.pt we know of
         self.interrupt = GracefulInterrupt()
         #: called as ``callback(trainer)`` after each finished epoch (tests use it to interrupt).
         self.epoch_end_callbacks: list[Callable[["Trainer"], None]] = []
@@ -65,6 +131,10 @@ class Trainer:
             "format": FORMAT_VERSION,
             "epoch": self.epoch,
             "step_in_epoch": self.step_in_epoch,
+            "epoch_started": self.epoch_started,
+            "epoch_totals": self.totals.state_dict(),
+            "record": self.record,
+            "skipped_nonfinite": self.skipped_nonfinite,
             "method": self.method.state_dict(),
             "model": self.method.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -87,12 +157,22 @@ class Trainer:
         restore_rng_state(state["rng"])
         self.epoch = int(state["epoch"])
         self.step_in_epoch = int(state["step_in_epoch"])
+        # format 1 had no flag: its mid-epoch checkpoints were written after the epoch had started
+        self.epoch_started = bool(state.get("epoch_started", self.step_in_epoch > 0))
+        self.totals = EpochTotals.from_state(state.get("epoch_totals"))
+        self.record = state.get("record")
+        self.skipped_nonfinite = int(state.get("skipped_nonfinite", 0))
         self.best_score = float(state["best_score"])
         self.best_epoch = int(state["best_epoch"])
+        self.saved_at = (self.epoch, self.step_in_epoch)
 
     def save(self, name: str) -> Path:
+        """Write ``checkpoints/<name>.pt`` atomically, refusing a state with non-finite values."""
+        self._check_state_is_finite(f"before writing {name}.pt ({self._position(self.epoch, self.step_in_epoch)})")
         path = self.checkpoint_dir / f"{name}.pt"
         save_checkpoint(self.state_dict(), path)
+        if name == "last":
+            self.saved_at = (self.epoch, self.step_in_epoch)
         return path
 
     # ------------------------------------------------------------------ training
@@ -100,6 +180,7 @@ class Trainer:
         """Train until ``config.epochs``; returns False when stopped by a signal (last.pt saved)."""
         log = RunLog(self.run_dir, tensorboard=self.tensorboard)
         try:
+            self._repair_after_kill(log)
             with self.interrupt:
                 while self.epoch < self.config.epochs:
                     record = self._train_epoch()
@@ -118,80 +199,123 @@ class Trainer:
             log.close()
         return True
 
+    def _repair_after_kill(self, log: RunLog) -> None:
+        """Bring the run folder in line with the state just loaded (a no-op for a fresh run):
+        delete temporaries of killed writes, make metrics.jsonl end at this state's epoch, and
+        rewrite best.pt when the kill came between an epoch's last.pt and its best.pt."""
+        remove_stale_temporaries(self.checkpoint_dir, _CHECKPOINT_FILES)
+        remove_stale_temporaries(self.run_dir, _RUN_FILES)
+        log.reconcile(self.epoch, self.record)
+        at_epoch_end = self.epoch > 0 and self.step_in_epoch == 0 and not self.epoch_started
+        if at_epoch_end and self.best_epoch == self.epoch:
+            best = self.checkpoint_dir / "best.pt"
+            try:
+                current = load_checkpoint(best)["epoch"] == self.epoch if best.is_file() else False
+            except DmlrsError:
+                current = False
+            if not current:
+                self.save("best")
+
     def _finish_epoch(self, record: dict, log: RunLog) -> None:
         self.scheduler.step()
         self.epoch += 1
         self.step_in_epoch = 0
+        self.epoch_started = False
+        self.totals = EpochTotals()
         config = self.config
+        improved = False
         if self.epoch % config.eval_every == 0 or self.epoch == config.epochs:
             validation = self.evaluator.validate()
             record["val"] = validation
             score = validation[config.select_metric]
             if score > self.best_score:
-                self.best_score, self.best_epoch = score, self.epoch
-                self.save("best")
+                self.best_score, self.best_epoch, improved = score, self.epoch, True
             hamming = "".join(f", val {name} {100 * validation[name]:.2f}%" for name in HASHING_SELECT_METRICS
                               if name in validation)
             print(f"epoch {self.epoch}/{config.epochs}: val kNN acc {100 * validation['knn_acc']:.2f}%, "
                   f"val mAP {100 * validation['mAP']:.2f}%{hamming} (best {config.select_metric} "
                   f"{100 * self.best_score:.2f}% at epoch {self.best_epoch})", flush=True)
+        self.record = record
         self.save("last")
+        if improved:
+            self.save("best")  # the same state as last.pt: a kill in between is repaired on resume
         log.log_epoch(self.epoch, record)
 
     def _train_epoch(self) -> dict:
         config, method, data = self.config, self.method, self.data
         seed = epoch_seed(config.seed, self.epoch)
-        seed_everything(seed)
         method.train()
-        method.on_epoch_start(EpochContext(self.epoch, self._extract_train))
-        sampler = method.batch_sampler(data.train_labels, config.batch_size, seed)
-        if sampler is not None and hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(self.epoch)
-        pin = self.device.type == "cuda"
-        loader = train_loader(data.train, config.batch_size, seed=seed, num_workers=config.num_workers,
-                              batch_sampler=sampler, skip_batches=self.step_in_epoch, pin_memory=pin)
-        total_steps = len(loader) + self.step_in_epoch
+        if not self.epoch_started:
+            # The epoch starts here: re-seed and run the epoch hooks, once. A run resumed inside
+            # the epoch skips both (RNG states and the hooks' effects are in the checkpoint).
+            seed_everything(seed)
+            method.on_epoch_start(EpochContext(
+                self.epoch, lambda dataset: self.evaluator.extract(dataset, desc="refresh", seed=seed)))
+            self.epoch_started = True
+        batches = method.batch_sampler(data.train_labels, config.batch_size, seed)
+        if batches is None:
+            batches = ShuffledBatches(len(data.train), config.batch_size, torch.Generator().manual_seed(seed))
+        elif hasattr(batches, "set_epoch"):
+            batches.set_epoch(self.epoch)
+        total_steps = len(batches)
         if config.steps_per_epoch is not None:
             total_steps = min(total_steps, config.steps_per_epoch)
+        pin = self.device.type == "cuda"
+        loader = train_loader(data.train, config.batch_size, seed=seed, num_workers=config.num_workers,
+                              batch_sampler=batches, skip_batches=self.step_in_epoch, pin_memory=pin)
         unlabelled = None
         if getattr(data, "unlabelled", None) is not None:
             stream = ContinuingPasses(len(data.unlabelled), config.batch_size, seed=config.seed,
-                                      start_step=self.epoch * total_steps + self.step_in_epoch,
-                                      num_steps=total_steps - self.step_in_epoch)
-            unlabelled = iter(train_loader(data.unlabelled, config.batch_size, seed=seed + 1,
+                                      start_step=self.epoch * total_steps, num_steps=total_steps)
+            unlabelled = iter(train_loader(data.unlabelled, config.batch_size, seed=seed,
                                            num_workers=config.num_workers, batch_sampler=stream,
-                                           pin_memory=pin))
-        sums: dict[str, float] = {}
-        steps = images_seen = 0
+                                           skip_batches=self.step_in_epoch, pin_memory=pin,
+                                           stream=UNLABELLED_STREAM))
+        totals, every = self.totals, config.save_every_steps
+        images_seen = 0
         start = time.perf_counter()
         bar = tqdm(total=total_steps, initial=self.step_in_epoch, leave=False,
                    desc=f"epoch {self.epoch + 1}/{config.epochs}", disable=not config.progress)
         for batch in loader:
             if self.step_in_epoch >= total_steps:
                 break
+            totals.add_replaced(batch.pop("replaced", None))
             if unlabelled is not None:
-                batch["unlabelled"] = next(unlabelled)["image"]
+                extra = next(unlabelled)
+                totals.add_replaced(extra.get("replaced"))
+                batch["unlabelled"] = extra["image"]
             losses = self._step(batch)
-            for key, value in losses.items():
-                sums[key] = sums.get(key, 0.0) + value
-            steps += 1
+            if losses is None:
+                totals.skipped += 1
+            else:
+                for key, value in losses.items():
+                    totals.sums[key] = totals.sums.get(key, 0.0) + value
+                totals.steps += 1
             images_seen += len(batch["image"])
             self.step_in_epoch += 1
+            faults.reached("step")  # test-only: a kill after a step, before its checkpoint
+            if every and self.step_in_epoch % every == 0 and self.step_in_epoch < total_steps:
+                self.save("last")
             rate = images_seen / max(time.perf_counter() - start, 1e-9)
-            bar.set_postfix({**{k: f"{v:.4f}" for k, v in losses.items()}, "img/s": f"{rate:.1f}"})
+            bar.set_postfix({**{k: f"{v:.4f}" for k, v in (losses or {}).items()}, "img/s": f"{rate:.1f}"})
             bar.update()
             if self.interrupt.requested:
                 break
         bar.close()
         elapsed = time.perf_counter() - start
-        return {
-            "train": {key: value / max(steps, 1) for key, value in sums.items()},
+        record = {
+            "train": {key: value / max(totals.steps, 1) for key, value in totals.sums.items()},
             "lr": self.optimizer.param_groups[0]["lr"],
             "images_per_second": images_seen / max(elapsed, 1e-9),
+            "skipped_nonfinite": totals.skipped,
             **method.scalars(),
         }
+        if totals.replaced is not None:
+            record["replaced_images"] = totals.replaced
+        return record
 
-    def _step(self, batch: dict) -> dict[str, float]:
+    def _step(self, batch: dict) -> dict[str, float] | None:
+        """One optimizer step; returns the loss parts, or None when the step was skipped."""
         batch = {key: value.to(self.device, non_blocking=True) if torch.is_tensor(value) else value
                  for key, value in batch.items()}
         if self.config.channels_last:
@@ -200,26 +324,77 @@ class Trainer:
                     batch[key] = batch[key].contiguous(memory_format=torch.channels_last)
         with autocast(self.device, self.config.amp):
             out = self.method.training_step(batch)
-        loss = out["loss"]
-        if not torch.isfinite(loss):
-            raise DmlrsError(f"the training loss became {loss.item()} at epoch {self.epoch + 1}, step "
-                             f"{self.step_in_epoch + 1}; lower --lr or check the data (last good state: "
-                             f"{self.checkpoint_dir / 'last.pt'})")
+        values = {key: float(value.detach() if torch.is_tensor(value) else value) for key, value in out.items()}
+        bad = [f"{key}={value}" for key, value in values.items() if not math.isfinite(value)]
+        if bad:
+            return self._skip_or_stop(f"non-finite loss ({', '.join(bad)})")
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        self.scaler.scale(out["loss"]).backward()
+        if not self.scaler.is_enabled():  # fp16: the scaler skips overflowing steps itself
+            bad = self._nonfinite_gradients()
+            if bad:
+                shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+                parts = ", ".join(f"{key}={value:.4g}" for key, value in values.items())
+                return self._skip_or_stop(f"non-finite gradient of {shown} (loss parts finite: {parts})")
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.method.after_optimizer_step()
-        return {key: float(value.detach() if torch.is_tensor(value) else value) for key, value in out.items()}
+        return values
 
-    def _extract_train(self, dataset):
-        return self.evaluator.extract(dataset, desc="refresh")
+    def _nonfinite_gradients(self) -> list[str]:
+        named = [(name, p.grad) for name, p in self.trainable if p.grad is not None]
+        if not named:
+            return []
+        # max |g| per tensor: NaN propagates, finite values cannot overflow; one device sync
+        finite = torch.isfinite(torch.stack([g.detach().abs().amax().float() for _, g in named])).cpu()
+        return [name for (name, _), ok in zip(named, finite.tolist()) if not ok]
+
+    def _skip_or_stop(self, reason: str) -> None:
+        """A step with a non-finite loss or gradient: skip it (no optimizer step, no memory write)
+        within the ``--skip-nonfinite`` budget, else stop with an error that keeps last.pt."""
+        self.optimizer.zero_grad(set_to_none=True)
+        where = f"epoch {self.epoch + 1}, step {self.step_in_epoch + 1}"
+        limit = self.config.skip_nonfinite
+        if self.skipped_nonfinite >= limit:
+            budget = (f"; {self.skipped_nonfinite} such step(s) were skipped already (--skip-nonfinite {limit})"
+                      if limit else "")
+            raise DmlrsError(f"training diverged at {where}: {reason}{budget}. {self._last_good()}; lower --lr, "
+                             "check the data, or resume with --skip-nonfinite N to skip up to N such steps")
+        self._check_state_is_finite(f"after the skipped step at {where}")
+        self.skipped_nonfinite += 1
+        print(f"warning: skipped the step at {where}: {reason} ({self.skipped_nonfinite} of at most "
+              f"{limit} skipped, --skip-nonfinite)", flush=True)
+        return None
+
+    def _last_good(self) -> str:
+        path = self.checkpoint_dir / "last.pt"
+        if not path.is_file():
+            return "No checkpoint was written yet"
+        if self.saved_at is None:
+            return f"The last good checkpoint {path} is kept"
+        return f"The last good checkpoint {path} ({self._position(*self.saved_at)}) is kept"
+
+    @staticmethod
+    def _position(epoch: int, step_in_epoch: int) -> str:
+        """Where a state lies, 1-based for people: 'end of epoch 2' or 'epoch 3 after step 5'."""
+        return f"end of epoch {epoch}" if step_in_epoch == 0 else f"epoch {epoch + 1} after step {step_in_epoch}"
+
+    def _check_state_is_finite(self, when: str) -> None:
+        """Refuse to go on (or to checkpoint) with NaN/inf in parameters or buffers."""
+        tensors = [(name, t) for name, t in chain(self.method.named_parameters(), self.method.named_buffers())
+                   if t.is_floating_point() and t.numel()]
+        if not tensors:
+            return
+        finite = torch.isfinite(torch.stack([t.detach().abs().amax().float() for _, t in tensors])).cpu()
+        bad = [name for (name, _), ok in zip(tensors, finite.tolist()) if not ok]
+        if bad:
+            shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+            raise DmlrsError(f"training diverged: non-finite values in {shown} {when}. {self._last_good()} "
+                             "(nothing with these values was saved); lower --lr or check the data")
 
     # ------------------------------------------------------------------ final report
     def load_best(self) -> int:
         """Load ``best.pt`` (falls back to ``last.pt``) into the method; returns its epoch."""
-        from dmlrs.engine.checkpoint import load_checkpoint
-
         path = self.checkpoint_dir / "best.pt"
         if not path.is_file():
             path = self.checkpoint_dir / "last.pt"

@@ -2,7 +2,9 @@
 
 A method is an ``nn.Module`` that owns its model, its loss parameters (class prototypes), its
 memory bank and EMA encoder. The engine only calls the hooks below; it knows nothing
-method-specific. Everything that must survive a checkpoint lives in ``state_dict()``.
+method-specific. Everything that must survive a checkpoint lives in ``state_dict()``: a run can
+be killed at any moment and resumed from its last checkpoint (possibly inside an epoch), and it
+must then continue exactly as if it had not stopped.
 """
 from __future__ import annotations
 
@@ -18,7 +20,9 @@ class EpochContext:
     """What an epoch hook may use: the epoch number and a way to embed a dataset.
 
     ``extract(dataset)`` returns ``(embeddings, labels, indices)`` computed with the model in eval
-    mode on un-augmented images (the engine's own extraction, so hooks never write a loop).
+    mode (the engine's own extraction, so hooks never write a loop). A dataset with random
+    augmentation is drawn with one seed per image derived from (epoch, index), so the result
+    is the same whatever the number of loader workers and however often the run was resumed.
     """
 
     epoch: int
@@ -39,7 +43,9 @@ class Method(nn.Module):
 
     @torch.no_grad()
     def after_optimizer_step(self) -> None:
-        """Updates that follow ``optimizer.step()`` (memory bank, EMA). Default: none."""
+        """Updates that follow ``optimizer.step()`` (memory bank, EMA). Default: none. Not called
+        for a step the trainer skips (non-finite loss or gradient, ``--skip-nonfinite``): values
+        queued by that step's ``training_step`` must be replaced by the next one's."""
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Unit-norm embeddings used for retrieval and kNN."""
@@ -50,7 +56,12 @@ class Method(nn.Module):
         raise NotImplementedError(f"{self.name} is not a hashing method")
 
     def on_epoch_start(self, context: EpochContext) -> None:
-        """Epoch hook (momentum schedules, sample re-weighting). Default: none."""
+        """Epoch hook (momentum schedules, sample re-weighting). Default: none.
+
+        The trainer calls it exactly once per epoch, when the epoch starts (after re-seeding),
+        and NOT again when a run resumes inside an epoch whose start already ran: everything the
+        hook changes must therefore live in ``state_dict()`` (a registered buffer, e.g. the
+        memory bank's ``momentum_value`` or t-RNSL's ``weights``), never in a plain attribute."""
 
     def scalars(self) -> dict[str, float]:
         """Method state worth logging each epoch (memory momentum, kept fraction...)."""

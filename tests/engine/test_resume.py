@@ -29,14 +29,31 @@ def sigint_after_first_epoch(monkeypatch):
     monkeypatch.setattr(Trainer, "__init__", init)
 
 
-@pytest.mark.parametrize("name", ["SNCA_CE", "SNCA_CE_MC"])
-def test_interrupted_and_resumed_run_matches_uninterrupted(name, scenes, tmp_path, monkeypatch):
+def sigint_during_step(monkeypatch, step):
+    """Raise a real SIGINT inside the given 1-based optimizer step of the run."""
+    original_step, count = Trainer._step, {"n": 0}
+
+    def _step(self, batch):
+        count["n"] += 1
+        if count["n"] == step:
+            signal.raise_signal(signal.SIGINT)
+        return original_step(self, batch)
+
+    monkeypatch.setattr(Trainer, "_step", _step)
+
+
+@pytest.mark.parametrize("name,when", [("SNCA_CE", "after epoch 1"), ("SNCA_CE_MC", "after epoch 1"),
+                                       ("SNCA_CE", "mid-epoch")])
+def test_interrupted_and_resumed_run_matches_uninterrupted(name, when, scenes, tmp_path, monkeypatch):
     straight = tmp_path / "straight"
     assert run_script(name, argv_for(scenes, straight)) == 0
 
     resumed = tmp_path / "resumed"
     with monkeypatch.context() as patch:
-        sigint_after_first_epoch(patch)
+        if when == "mid-epoch":
+            sigint_during_step(patch, 3)  # epoch 2, step 1: last.pt holds the first half of epoch 2
+        else:
+            sigint_after_first_epoch(patch)
         assert run_script(name, argv_for(scenes, resumed)) == 130  # stopped cleanly, last.pt written
     run_dir = only_run_dir(resumed)
     assert not (run_dir / "test_metrics.json").exists()
