@@ -17,6 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from dmlrs import cli  # noqa: E402
+from dmlrs.errors import DmlrsError  # noqa: E402
 from dmlrs.methods.cdne import CDNE  # noqa: E402
 from dmlrs.methods.memory_writer import MEMORY_MODES  # noqa: E402
 
@@ -39,6 +40,13 @@ def add_arguments(group):
     cli.add_ema_arguments(group)
 
 
+def check_args(args, given):
+    """Before any work: the three loss weights may not all be 0."""
+    if args.lambda_ == 0 and args.ce_weight == 0 and args.quant_weight == 0:
+        raise DmlrsError("--lambda_ 0, --ce-weight 0 and --quant-weight 0 leave CDNE no loss to train; give at "
+                         "least one of them a weight > 0 (the original: 1 each)")
+
+
 def build(args, data):
     model = cli.model_from_args(args, num_classes=data.num_classes, head=CODE_ACTIVATIONS[args.code_activation])
     return CDNE(model, data.train_labels, memory_mode=args.memory, temperature=args.temperature,
@@ -48,7 +56,7 @@ def build(args, data):
 
 
 def main(argv=None) -> int:
-    return cli.main("CDNE", __doc__, add_arguments, build, defaults=DEFAULTS, argv=argv)
+    return cli.main("CDNE", __doc__, add_arguments, build, defaults=DEFAULTS, argv=argv, check_args=check_args)
 
 
 if __name__ == "__main__":

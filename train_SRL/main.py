@@ -1,6 +1,6 @@
 """SRL: similarity retention loss for remote-sensing image retrieval (Zhao, Yuan, Zhao, ISPRS
-IJGI 2020). Batches hold C classes x K images (-b is ignored); the paper's best backbone is
-ResNet50.
+IJGI 2020). Batches hold C classes x K images (-b only sets the evaluation batch size); the paper's
+best backbone is ResNet50.
 
 No code of the authors is public. From the paper: the ranked-list structure of the loss (hard
 positives beyond alpha - m, hard negatives inside alpha, negatives weighted by exp(T (alpha - d))),
@@ -21,20 +21,26 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from dmlrs import cli  # noqa: E402
+from dmlrs.data.samplers import ClassBalancedBatchSampler  # noqa: E402
+from dmlrs.errors import DmlrsError  # noqa: E402
 from dmlrs.methods.srl import SRL  # noqa: E402
 
 #: paper defaults that differ from the shared ones in dmlrs/cli.py
 DEFAULTS = {"model": "resnet50"}
 DEFAULT_CLASSES_PER_BATCH = 8
 DEFAULT_LR = 0.01  # assumed: the papers' 0.1 at batch 256, scaled to C x K = 32
+#: C >= 2 (a batch needs negatives) and K >= 2 (positives)
+AT_LEAST_TWO = cli.interval(2, integer=True, why=" (SRL needs positive and negative pairs in every batch)")
 
 
 def add_arguments(group):
-    group.add_argument("--classes-per-batch", type=cli.positive_int, default=None,
-                       help=f"C classes per batch (default: {DEFAULT_CLASSES_PER_BATCH}, or the number of "
-                            "classes when the dataset has fewer)")
-    group.add_argument("--images-per-class", type=cli.positive_int, default=4, help="K images per class")
-    group.add_argument("--alpha", type=cli.positive_float, default=1.2, help="negative distance bound alpha (paper)")
+    group.add_argument("--classes-per-batch", type=AT_LEAST_TWO, default=None,
+                       help=f"C classes per batch, at least 2 (default: {DEFAULT_CLASSES_PER_BATCH}, or the number "
+                            "of classes when the dataset has fewer)")
+    group.add_argument("--images-per-class", type=AT_LEAST_TWO, default=4,
+                       help="K images per class, at least 2; every class needs K training images")
+    group.add_argument("--alpha", type=cli.interval(0.0, 2.0, low_open=True), default=1.2,
+                       help="negative distance bound alpha, in (0, 2] for unit-norm embeddings (paper)")
     cli.add_margin_argument(group, 0.4, "margin m: positives are pulled inside alpha - m (paper)")
     cli.add_temperature_argument(group, 10.0, "T of the negative weights exp(T (alpha - d)) (paper)")
     group.add_argument("--lambda_", "--lambda", dest="lambda_", type=cli.non_negative_float, default=1.0,
@@ -50,15 +56,53 @@ def resolve_classes_per_batch(args, num_classes: int) -> None:
                   f"C = {DEFAULT_CLASSES_PER_BATCH}: using --classes-per-batch {num_classes}", flush=True)
 
 
+def check_args(args, given):
+    """Before any work: the margin fits inside alpha; -b does not size SRL's training batches (a note)."""
+    if not args.margin < args.alpha:
+        raise DmlrsError(f"--margin {args.margin:g} must be smaller than --alpha {args.alpha:g}: positives are pulled "
+                         "inside alpha - margin (the paper: alpha 1.2, margin 0.4)")
+    if "batch_size" in given:
+        c = args.classes_per_batch or DEFAULT_CLASSES_PER_BATCH
+        if args.batch_size != c * args.images_per_class:
+            print(f"note: SRL trains on batches of --classes-per-batch x --images-per-class = {c} x "
+                  f"{args.images_per_class} images; -b {args.batch_size} only sets the evaluation batch size",
+                  flush=True)
+
+
+def check_batches(args, data) -> None:
+    """After the data scan, before training: C x K batches can be drawn without repeating an image.
+    (The sampler would fill a class with fewer than K images by drawing with replacement: identical
+    images as 'positive' pairs at distance 0, so dmlrs refuses instead.)"""
+    counts = data.train_labels[data.train_labels >= 0].bincount(minlength=data.num_classes).tolist()
+    present = [c for c, n in enumerate(counts) if n > 0]
+    if len(present) < 2:
+        raise DmlrsError(f"SRL needs at least 2 classes with training images (negatives in every batch); the "
+                         f"training split of {data.name} has {len(present)}")
+    k = args.images_per_class
+    short = sorted((c for c in present if counts[c] < k), key=lambda c: counts[c])
+    if short:
+        shown = ", ".join(f"{data.classes[c]!r} ({counts[c]} images)" for c in short[:3])
+        more = f" and {len(short) - 3} more" if len(short) > 3 else ""
+        smallest = counts[short[0]]
+        fix = (f"use --images-per-class {smallest} or less" if smallest >= 2
+               else "add images to the class or remove its folder (SRL needs 2 images of a class in a batch)")
+        which = "class" if len(short) == 1 else "classes"
+        raise DmlrsError(f"--images-per-class {k} is more than the training split holds of {which} {shown}{more}: "
+                         f"their batches would repeat images; {fix}")
+    ClassBalancedBatchSampler(data.train_labels, args.classes_per_batch, k)  # C > classes: its own error
+
+
 def build(args, data):
     resolve_classes_per_batch(args, data.num_classes)
+    check_batches(args, data)
     model = cli.model_from_args(args)
     return SRL(model, classes_per_batch=args.classes_per_batch, images_per_class=args.images_per_class,
                alpha=args.alpha, margin=args.margin, temperature=args.temperature, lambda_=args.lambda_)
 
 
 def main(argv=None) -> int:
-    return cli.main("SRL", __doc__, add_arguments, build, defaults=DEFAULTS, argv=argv, paper_lr=DEFAULT_LR)
+    return cli.main("SRL", __doc__, add_arguments, build, defaults=DEFAULTS, argv=argv, paper_lr=DEFAULT_LR,
+                    check_args=check_args)
 
 
 if __name__ == "__main__":

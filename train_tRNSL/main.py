@@ -31,10 +31,10 @@ def add_arguments(group):
                        help="label noise on the train split: symmetric (to any other class); pairflip (the "
                             "original's name for the published label-dependent tables of AID and NWPU-RESISC45, "
                             "= dependent); cyclic (class c -> c + 1)")
-    group.add_argument("--noiseRate", "--noise-rate", dest="noiseRate", type=cli.fraction, default=0.5,
-                       help="fraction of flipped training labels (0: no synthetic noise)")
-    group.add_argument("--q", type=cli.positive_float, default=0.7, help="Box-Cox exponent q")
-    group.add_argument("--k", type=cli.fraction, default=0.5, help="truncation threshold k on p_y")
+    group.add_argument("--noiseRate", "--noise-rate", dest="noiseRate", type=cli.fraction_below_one, default=0.5,
+                       help="fraction of flipped training labels, in [0, 1) (0: no synthetic noise)")
+    group.add_argument("--q", type=cli.decay_factor, default=0.7, help="Box-Cox exponent q, in (0, 1]")
+    group.add_argument("--k", type=cli.open_fraction, default=0.5, help="truncation threshold k on p_y, in (0, 1)")
     group.add_argument("--start_prune", "--start-prune", dest="start_prune", type=cli.positive_int, default=40,
                        help="weights are refreshed before epoch n (counted from 1) when n >= start_prune and "
                             "n %% prune-every == 0: epochs 40, 50, ..., 130 with the defaults, as the original")

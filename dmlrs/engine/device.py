@@ -9,12 +9,17 @@ from dmlrs.errors import DmlrsError
 
 
 def resolve_device(spec: str = "auto") -> torch.device:
-    """``auto`` -> CUDA when present, else CPU; ``cpu``; ``cuda`` / ``cuda:N``."""
+    """``auto`` -> CUDA when present, else CPU; ``cpu``; ``cuda`` / ``cuda:N`` (case and
+    surrounding spaces ignored). Anything else, or CUDA on a machine without it, raises one
+    ``DmlrsError`` naming ``--device``; ``cli_checks.check_arguments`` calls this before any work."""
+    if not isinstance(spec, str):
+        raise DmlrsError(f"--device {spec!r} is not a device; use auto, cpu, cuda or cuda:N")
+    spec = spec.strip().lower()
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(spec)
-    except RuntimeError as exc:
+    except (RuntimeError, ValueError, TypeError) as exc:
         raise DmlrsError(f"--device {spec!r} is not a device; use auto, cpu, cuda or cuda:N") from exc
     if device.type == "cuda":
         if not torch.cuda.is_available():
