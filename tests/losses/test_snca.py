@@ -57,7 +57,10 @@ def test_value_matches_loop_reference(margin, temperature):
     loss, expected, loss_fn = loss_and_reference(memory, memory_labels, indices, embeddings, temperature, margin)
     assert loss.dtype == torch.float64
     assert loss.item() == pytest.approx(expected, rel=1e-10, abs=1e-10)
-    assert loss_fn.last_logs == {"snca": pytest.approx(expected, rel=1e-10)}
+    logged = loss_fn.last_logs["snca"]  # a detached device tensor: reading it is the caller's sync
+    assert list(loss_fn.last_logs) == ["snca"] and torch.is_tensor(logged) and logged.dim() == 0
+    assert not logged.requires_grad and logged.device == loss.device
+    assert logged.item() == pytest.approx(expected, rel=1e-10)
 
 
 @pytest.mark.parametrize("margin", [0.0, 0.2])
@@ -242,3 +245,126 @@ def test_missing_indices_and_mismatched_labels_are_clear_errors():
         loss_fn(embeddings, (memory_labels[indices] + 1) % 3, indices=indices)
     with pytest.raises(DmlrsError, match="memory labels"):
         SNCALoss(memory, memory_labels[:-1])
+
+
+def float64_autograd_reference(embeddings, labels, indices, slots, memory_labels, temperature, margin=0.0):
+    """Independent float64 masked log-sum-exp under autograd (for gradients at extreme logits)."""
+    logits = embeddings.double() @ slots.double().t() / temperature
+    same = labels[:, None] == memory_labels[None, :]
+    own = torch.zeros_like(same).scatter_(1, indices[:, None], True)
+    lse_pos = torch.where(same & ~own, logits, -math.inf).logsumexp(dim=1)
+    lse_neg = torch.where(same, -math.inf, logits).logsumexp(dim=1)
+    per_sample = F.softplus(lse_neg - lse_pos + margin / temperature)
+    return torch.where(torch.isfinite(lse_pos), per_sample, 0.0).sum() / len(embeddings)
+
+
+def _loss_and_grad(loss_fn, embeddings, labels, indices):
+    leaf = embeddings.detach().clone().requires_grad_(True)
+    loss = loss_fn(leaf, labels, indices=indices)
+    loss.backward()
+    return loss.detach(), leaf.grad
+
+
+@pytest.mark.parametrize("problem", ["overflow", "far_positives"])
+def test_fp32_gradient_at_extreme_logits_matches_float64(problem):
+    if problem == "overflow":
+        memory, memory_labels, indices, embeddings = _extreme_problem()
+    else:
+        memory, memory_labels, indices, embeddings = _far_positives_problem(torch.float32)
+    labels = memory_labels[indices]
+    loss, grad = _loss_and_grad(SNCALoss(memory, memory_labels, temperature=0.05, margin=0.1),
+                                embeddings, labels, indices)
+    leaf = embeddings.double().requires_grad_(True)
+    expected = float64_autograd_reference(leaf, labels, indices, memory.slots, memory_labels, 0.05, 0.1)
+    (expected_grad,) = torch.autograd.grad(expected, leaf)
+    assert torch.isfinite(grad).all()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    torch.testing.assert_close(grad.double(), expected_grad, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("num_slots", [14, 15, 16, 17, 30, 32])
+def test_slot_counts_around_the_row_padding_match_loop_reference(num_slots):
+    memory, memory_labels, indices, embeddings = make_problem(num_slots=num_slots, batch=5, seed=11)
+    loss, expected, _ = loss_and_reference(memory, memory_labels, indices, embeddings, 0.2, 0.05)
+    assert loss.item() == pytest.approx(expected, rel=1e-10)
+
+
+def test_unbalanced_classes_per_batch_index_equals_class_table(monkeypatch):
+    """Very unbalanced classes build the (B, K) index per batch; same values as the table path."""
+    g = torch.Generator().manual_seed(12)
+    memory = MemoryBank(40, 5, generator=g)
+    memory.slots = memory.slots.double()
+    memory_labels = torch.tensor([0] * 30 + [1] * 6 + [2] * 3 + [3])  # class 3: a singleton
+    indices = torch.tensor([0, 5, 31, 36, 39, 29, 30])
+    labels = memory_labels[indices]
+    embeddings = F.normalize(torch.randn(7, 5, generator=g, dtype=torch.float64), dim=1)
+    table = SNCALoss(memory, memory_labels, temperature=0.3, margin=0.1)
+    monkeypatch.setattr(SNCALoss, "TABLE_SIZE_LIMIT", 0)
+    per_batch = SNCALoss(memory, memory_labels, temperature=0.3, margin=0.1)
+    assert table.class_slots is not None and per_batch.class_slots is None
+    loss_a, grad_a = _loss_and_grad(table, embeddings, labels, indices)
+    loss_b, grad_b = _loss_and_grad(per_batch, embeddings, labels, indices)
+    assert torch.equal(loss_a, loss_b) and torch.equal(grad_a, grad_b)
+    expected = reference_snca(embeddings.tolist(), labels.tolist(), indices.tolist(), memory.slots.tolist(),
+                              memory_labels.tolist(), 0.3, 0.1)
+    assert loss_a.item() == pytest.approx(expected, rel=1e-10)
+    assert torch.equal(grad_a[4], torch.zeros(5, dtype=torch.float64))  # the singleton
+
+
+def test_loaded_memory_labels_rebuild_the_class_index():
+    memory, memory_labels, indices, embeddings = make_problem(seed=13)
+    other_labels = (memory_labels + 1) % 3
+    source = SNCALoss(memory, other_labels, temperature=0.5)
+    loss_fn = SNCALoss(memory, memory_labels, temperature=0.5)
+    # the class index is derived from memory_labels, not saved
+    assert set(loss_fn.state_dict()) == {"memory_labels", "memory.slots", "memory.momentum_value"}
+    loss_fn.load_state_dict(source.state_dict())
+    labels = other_labels[indices]
+    torch.testing.assert_close(loss_fn(embeddings, labels, indices=indices),
+                               source(embeddings, labels, indices=indices), rtol=0, atol=0)
+
+
+def test_forward_and_backward_make_no_python_level_host_reads(monkeypatch):
+    """No .item() / bool() / float() of a tensor inside the loss (each is a host sync on a GPU)."""
+    memory, memory_labels, indices, embeddings = make_problem(seed=14, dtype=torch.float32)
+    loss_fn = SNCALoss(memory, memory_labels, temperature=0.05)
+    labels = memory_labels[indices]
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("host read of a tensor inside SNCALoss")
+
+    leaf = embeddings.clone().requires_grad_(True)
+    for name in ("item", "tolist", "__bool__", "__float__", "__int__", "__index__"):
+        monkeypatch.setattr(torch.Tensor, name, refuse)
+    loss = loss_fn(leaf, labels, indices=indices)
+    loss.backward()
+    monkeypatch.undo()
+    assert torch.isfinite(loss) and torch.isfinite(leaf.grad).all()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu_without_host_syncs_once_validate_is_off():
+    memory, memory_labels, indices, embeddings = make_problem(num_slots=300, batch=16, seed=15,
+                                                              dtype=torch.float32)
+    labels = memory_labels[indices]
+    cpu = SNCALoss(memory, memory_labels, temperature=0.05, margin=0.1)
+    loss_cpu, grad_cpu = _loss_and_grad(cpu, embeddings, labels, indices)
+    device = torch.device("cuda")
+    gpu = SNCALoss(MemoryBank(300, 5), memory_labels, temperature=0.05, margin=0.1).to(device)
+    gpu.memory.slots.copy_(memory.slots)
+    args = embeddings.to(device), labels.to(device), indices.to(device)
+    _loss_and_grad(gpu, *args)  # validate=True (default): the label check syncs
+    gpu.validate = False  # as the engine does after the first step of an epoch
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        loss_gpu, grad_gpu = _loss_and_grad(gpu, *args)
+        logged = gpu.last_logs["snca"]
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert logged.device.type == "cuda"
+    torch.testing.assert_close(loss_gpu.cpu(), loss_cpu, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad_gpu.cpu(), grad_cpu, rtol=1e-4, atol=1e-6)
+    gpu.validate = True
+    with pytest.raises(DmlrsError, match="memory labels"):
+        gpu(args[0], (args[1] + 1) % 3, indices=args[2])
