@@ -134,13 +134,12 @@ class MemoryBank(nn.Module):
         indices = indices.reshape(-1).to(self.slots.device)
         self._check_batch(indices, features)
         features = features.detach().to(self.slots.dtype)
-        unique, inverse = torch.unique(indices, return_inverse=True)
-        # mean feature per unique index: (U, d)
-        summed = torch.zeros(unique.numel(), self.dim, dtype=self.slots.dtype, device=self.slots.device)
-        summed.index_add_(0, inverse, features)
-        counts = torch.bincount(inverse, minlength=unique.numel()).to(self.slots.dtype)
-        mixed = mu * self.slots[unique] + (1 - mu) * (summed / counts[:, None])
-        self.slots[unique] = F.normalize(mixed, dim=1)
+        # mean feature over each index's duplicates in the batch, without a host sync (no
+        # torch.unique) and without slot-sized buffers: same = (B, B) duplicate matrix
+        same = (indices[:, None] == indices[None, :]).to(self.slots.dtype)
+        mean = (same @ features) / same.sum(dim=1, keepdim=True)  # (B, d)
+        mixed = mu * self.slots[indices] + (1 - mu) * mean
+        self.slots[indices] = F.normalize(mixed, dim=1)  # duplicates write the same row
 
     def extra_repr(self) -> str:
         return f"num_samples={self.num_samples}, dim={self.dim}, momentum={self.momentum}, schedule={self.schedule}"

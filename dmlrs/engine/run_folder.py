@@ -30,7 +30,8 @@ from dmlrs.atomic import atomic_open
 #: stopped on a non-finite step can be resumed with it). ``amp``, ``deterministic`` and
 #: ``channels_last`` change the numerics and stay in.
 RUNTIME_ONLY = ("resume", "evaluate", "out", "num_workers", "progress", "tensorboard", "device", "epochs",
-                "eval_every", "data", "save_every_steps", "skip_nonfinite")
+                "eval_every", "data", "save_every_steps", "skip_nonfinite", "log_every",
+                "input_pipeline")
 
 
 def safe_name(name: str) -> str:

@@ -29,6 +29,16 @@ Exact resume, whatever moment a run is killed at (``kill -9`` included):
   Under fp16 autocast the grad scaler handles overflowing gradients itself (not counted).
 * **Disk.** A checkpoint that cannot be written (e.g. a full disk) ends the run with one error
   naming the file and the reason; the previous checkpoint is intact.
+
+Host syncs: on CUDA one optimizer step reads the device once -- a single boolean "loss, every loss
+part and every gradient finite" (``Trainer._step``). The loss parts stay on the device: they are
+summed there in float64 (:class:`EpochTotals`) and every ``--log-every`` steps (and at the last
+step of the epoch) those sums travel to the host in that same read, for the progress bar and
+``metrics.jsonl``. Which part or gradient was not finite is worked out on the host only when the
+check fails. Host-side input checks of the losses run on the first step of each epoch only
+(``Method.set_input_checks``). Outside this loop: a checkpoint save reads the sums, epoch ends
+read ``Method.scalars``; under fp16 autocast (GPUs without bf16) the grad scaler reads its own
+overflow flag each step.
 """
 from __future__ import annotations
 
@@ -43,6 +53,7 @@ import torch
 from tqdm.auto import tqdm
 
 from dmlrs.atomic import remove_stale_temporaries
+from dmlrs.data.gpu_augment import finish_batch
 from dmlrs.engine import faults
 from dmlrs.engine.checkpoint import (FORMAT_VERSION, capture_rng_state, load_checkpoint, restore_rng_state,
                                      save_checkpoint)
@@ -64,15 +75,41 @@ _CHECKPOINT_FILES = ("last.pt", "best.pt")
 @dataclass
 class EpochTotals:
     """Running sums of the epoch being trained. Saved in mid-epoch checkpoints, so the record of
-    an epoch that was resumed averages all of its steps, as an uninterrupted run does."""
+    an epoch that was resumed averages all of its steps, as an uninterrupted run does.
 
-    sums: dict[str, float] = field(default_factory=dict)  # loss parts summed over counted steps
+    ``sums`` are float64 0-d tensors on the training device while the epoch runs (adding a step
+    costs no host sync) and Python floats in a checkpoint; float64 adds on the device are the
+    adds Python would do, so the means are the same whichever way they were summed."""
+
+    sums: dict[str, float | torch.Tensor] = field(default_factory=dict)  # loss parts over counted steps
     steps: int = 0  # steps in ``sums`` (skipped steps are not)
     skipped: int = 0  # steps skipped for a non-finite loss or gradient
     replaced: int | None = None  # images replaced by --skip-corrupt (None: the data never says)
+    #: the last values read to the host: (``steps`` then, sums then); not part of the state
+    read: tuple[int, dict[str, float]] | None = field(default=None, compare=False, repr=False)
 
     def state_dict(self) -> dict:
-        return {"sums": dict(self.sums), "steps": self.steps, "skipped": self.skipped, "replaced": self.replaced}
+        return {"sums": self.host_sums(), "steps": self.steps, "skipped": self.skipped, "replaced": self.replaced}
+
+    def with_step(self, parts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The sums after adding one step's loss parts (0-d tensors), as float64 device tensors;
+        ``sums`` itself is left as it is (the step may yet be skipped). No host sync."""
+        device = next(iter(parts.values())).device
+        sums = {key: value if torch.is_tensor(value) else torch.full((), value, dtype=torch.float64, device=device)
+                for key, value in self.sums.items()}
+        for key, value in parts.items():
+            sums[key] = sums[key] + value.double() if key in sums else value.double()
+        return sums
+
+    def host_sums(self) -> dict[str, float]:
+        """``sums`` as Python floats: the last read when it is current, else one read of the device."""
+        if self.read is not None and self.read[0] == self.steps and self.read[1].keys() == self.sums.keys():
+            return dict(self.read[1])
+        tensors = [value for value in self.sums.values() if torch.is_tensor(value)]
+        values = iter(torch.stack(tensors).tolist() if tensors else [])
+        host = {key: next(values) if torch.is_tensor(value) else float(value) for key, value in self.sums.items()}
+        self.read = (self.steps, dict(host))
+        return host
 
     @classmethod
     def from_state(cls, state: dict | None) -> "EpochTotals":
@@ -117,6 +154,7 @@ class Trainer:
         self.best_score = -math.inf
         self.best_epoch = -1
         self.saved_at: tuple[int, int] | None = None  # (epoch, step_in_epoch) of the last.pt we know of
+        self._epoch_steps: int | None = None  # steps of the epoch being trained (None: outside one)
         self.interrupt = GracefulInterrupt()
         #: called as ``callback(trainer)`` after each finished epoch (tests use it to interrupt).
         self.epoch_end_callbacks: list[Callable[["Trainer"], None]] = []
@@ -272,39 +310,41 @@ class Trainer:
                                            skip_batches=self.step_in_epoch, pin_memory=pin,
                                            stream=UNLABELLED_STREAM))
         totals, every = self.totals, config.save_every_steps
+        self._epoch_steps = total_steps  # _step reads the sums at the last step (and every --log-every)
         images_seen = 0
         start = time.perf_counter()
         bar = tqdm(total=total_steps, initial=self.step_in_epoch, leave=False,
                    desc=f"epoch {self.epoch + 1}/{config.epochs}", disable=not config.progress)
-        for batch in loader:
-            if self.step_in_epoch >= total_steps:
-                break
-            totals.add_replaced(batch.pop("replaced", None))
-            if unlabelled is not None:
-                extra = next(unlabelled)
-                totals.add_replaced(extra.get("replaced"))
-                batch["unlabelled"] = extra["image"]
-            losses = self._step(batch)
-            if losses is None:
-                totals.skipped += 1
-            else:
-                for key, value in losses.items():
-                    totals.sums[key] = totals.sums.get(key, 0.0) + value
-                totals.steps += 1
-            images_seen += len(batch["image"])
-            self.step_in_epoch += 1
-            faults.reached("step")  # test-only: a kill after a step, before its checkpoint
-            if every and self.step_in_epoch % every == 0 and self.step_in_epoch < total_steps:
-                self.save("last")
-            rate = images_seen / max(time.perf_counter() - start, 1e-9)
-            bar.set_postfix({**{k: f"{v:.4f}" for k, v in (losses or {}).items()}, "img/s": f"{rate:.1f}"})
-            bar.update()
-            if self.interrupt.requested:
-                break
-        bar.close()
+        # the bar shows the means since the previous read: (steps, sums, images, time) of that read
+        shown = (totals.steps, totals.host_sums(), images_seen, start)  # floats here: no device read
+        method.set_input_checks(True)  # host-side input checks on the epoch's first step only
+        try:
+            for batch in loader:
+                if self.step_in_epoch >= total_steps:
+                    break
+                totals.add_replaced(batch.pop("replaced", None))  # host (loader) tensors: no device sync
+                if unlabelled is not None:
+                    extra = next(unlabelled)
+                    totals.add_replaced(extra.get("replaced"))
+                    batch["unlabelled"] = extra["image"]
+                self._step(batch)
+                method.set_input_checks(False)
+                images_seen += len(batch["image"])
+                self.step_in_epoch += 1
+                faults.reached("step")  # test-only: a kill after a step, before its checkpoint
+                if every and self.step_in_epoch % every == 0 and self.step_in_epoch < total_steps:
+                    self.save("last")
+                if totals.read is not None and totals.read[0] != shown[0]:
+                    shown = self._show(bar, shown, totals.read, images_seen)
+                bar.update()
+                if self.interrupt.requested:
+                    break
+        finally:
+            method.set_input_checks(True)  # a loss called outside the training loop checks its inputs
+            bar.close()
         elapsed = time.perf_counter() - start
         record = {
-            "train": {key: value / max(totals.steps, 1) for key, value in totals.sums.items()},
+            "train": {key: value / max(totals.steps, 1) for key, value in totals.host_sums().items()},
             "lr": self.optimizer.param_groups[0]["lr"],
             "images_per_second": images_seen / max(elapsed, 1e-9),
             "skipped_nonfinite": totals.skipped,
@@ -314,32 +354,85 @@ class Trainer:
             record["replaced_images"] = totals.replaced
         return record
 
-    def _step(self, batch: dict) -> dict[str, float] | None:
-        """One optimizer step; returns the loss parts, or None when the step was skipped."""
-        batch = {key: value.to(self.device, non_blocking=True) if torch.is_tensor(value) else value
-                 for key, value in batch.items()}
+    @staticmethod
+    def _show(bar, shown: tuple, read: tuple[int, dict[str, float]], images_seen: int) -> tuple:
+        """Progress bar postfix: loss parts averaged over the steps since the previous read, img/s."""
+        steps, sums, images, since = shown
+        now = time.perf_counter()
+        counted = read[0] - steps
+        means = {key: (value - sums.get(key, 0.0)) / counted for key, value in read[1].items()} if counted else {}
+        rate = (images_seen - images) / max(now - since, 1e-9)
+        bar.set_postfix({**{key: f"{value:.4f}" for key, value in means.items()}, "img/s": f"{rate:.1f}"})
+        return read[0], read[1], images_seen, now
+
+    def _read_due(self) -> bool:
+        """Whether the step being taken brings the epoch's sums to the host (in its one sync)."""
+        number = self.step_in_epoch + 1
+        return number % self.config.log_every == 0 or number >= (self._epoch_steps or 0)
+
+    def _step(self, batch: dict) -> dict[str, torch.Tensor] | None:
+        """One optimizer step, with ONE device-to-host read: whether the loss, its parts and (fp32
+        and bf16) every gradient are finite, plus the epoch's loss sums when a log read is due.
+        The parts are added to ``self.totals`` on the device; returns them (detached device
+        tensors), or None when the step was skipped (``--skip-nonfinite``)."""
+        # tensors moved to the device; cached uint8 images augmented and normalised there
+        batch = finish_batch(batch, self.device)
         if self.config.channels_last:
             for key in ("image", "unlabelled"):
                 if key in batch:
                     batch[key] = batch[key].contiguous(memory_format=torch.channels_last)
         with autocast(self.device, self.config.amp):
             out = self.method.training_step(batch)
-        values = {key: float(value.detach() if torch.is_tensor(value) else value) for key, value in out.items()}
-        bad = [f"{key}={value}" for key, value in values.items() if not math.isfinite(value)]
-        if bad:
-            return self._skip_or_stop(f"non-finite loss ({', '.join(bad)})")
+        parts = {key: self._part(value) for key, value in out.items()}
         self.optimizer.zero_grad(set_to_none=True)
+        # A non-finite loss is back-propagated too (its gradients are dropped below): checking it
+        # before the backward would cost a second host sync per step.
         self.scaler.scale(out["loss"]).backward()
-        if not self.scaler.is_enabled():  # fp16: the scaler skips overflowing steps itself
-            bad = self._nonfinite_gradients()
-            if bad:
-                shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
-                parts = ", ".join(f"{key}={value:.4g}" for key, value in values.items())
-                return self._skip_or_stop(f"non-finite gradient of {shown} (loss parts finite: {parts})")
+        gradients = not self.scaler.is_enabled()  # fp16: the scaler skips overflowing steps itself
+        sums = self.totals.with_step(parts)
+        probe = [self._all_finite(parts, gradients).double().reshape(1)]
+        read = self._read_due()
+        if read:
+            probe.extend(value.reshape(1) for value in sums.values())
+        host = torch.cat(probe).tolist()  # the step's one device-to-host sync
+        if not host[0]:
+            self._skip_or_stop(self._nonfinite_reason(parts, gradients))  # raises past the budget
+            self.totals.skipped += 1
+            return None
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.method.after_optimizer_step()
-        return values
+        self.totals.sums = sums
+        self.totals.steps += 1
+        if read:
+            self.totals.read = (self.totals.steps, dict(zip(sums, host[1:])))
+        return parts
+
+    def _part(self, value) -> torch.Tensor:
+        """A loss part as a detached 0-d tensor on the device (a float from a method: float64)."""
+        if torch.is_tensor(value):
+            return value.detach().reshape(())
+        return torch.full((), float(value), dtype=torch.float64, device=self.device)
+
+    def _all_finite(self, parts: dict[str, torch.Tensor], gradients: bool) -> torch.Tensor:
+        """One device boolean: every loss part finite and (``gradients``) every gradient finite."""
+        flags = [torch.isfinite(torch.stack([value.double() for value in parts.values()])).all()]
+        grads = [p.grad for _, p in self.trainable if p.grad is not None] if gradients else []
+        if grads:
+            # max |g| per tensor: NaN propagates, finite values cannot overflow
+            flags.append(torch.isfinite(torch.stack([g.detach().abs().amax().float() for g in grads])).all())
+        return torch.stack(flags).all()
+
+    def _nonfinite_reason(self, parts: dict[str, torch.Tensor], gradients: bool) -> str:
+        """What was not finite (host reads: only after the step's check failed)."""
+        values = {key: float(value) for key, value in parts.items()}
+        bad = [f"{key}={value}" for key, value in values.items() if not math.isfinite(value)]
+        if bad:
+            return f"non-finite loss ({', '.join(bad)})"
+        names = self._nonfinite_gradients() if gradients else []
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        finite = ", ".join(f"{key}={value:.4g}" for key, value in values.items())
+        return f"non-finite gradient of {shown or 'a parameter'} (loss parts finite: {finite})"
 
     def _nonfinite_gradients(self) -> list[str]:
         named = [(name, p.grad) for name, p in self.trainable if p.grad is not None]

@@ -28,6 +28,11 @@ labels into training. With this signature passing labels is a ``TypeError``.
 Numerics: softmax and SVD run in fp32 (fp64 stays fp64) with autocast disabled; the nuclear norm is
 ``torch.linalg.svdvals(A).sum()``, whose gradient is U V^T (defined when the singular values are
 non-zero; PyTorch does not need them distinct for svdvals).
+
+Host syncs: ``last_logs = {"bnm": loss}`` is a detached device tensor (no ``.item()``). On CUDA,
+``torch.linalg.svdvals`` itself synchronises once per call (cuSOLVER's convergence flag is checked
+on the host, see the PyTorch docs of ``torch.linalg.svd``): the one sync a BNM step cannot avoid
+without approximating the nuclear norm.
 """
 from __future__ import annotations
 
@@ -47,7 +52,8 @@ class BNMLoss(nn.Module):
         if normalizer not in BNM_NORMALIZERS:
             raise ValueError(f"BNM normalizer must be one of {BNM_NORMALIZERS}, got {normalizer!r}")
         self.normalizer = normalizer
-        self.last_logs: dict[str, float] = {}
+        #: per-part values of the last call for logging: detached device tensors (no host sync)
+        self.last_logs: dict[str, Tensor] = {}
 
     def forward(self, logits: Tensor) -> Tensor:
         """(B, C) unlabelled logits -> scalar."""
@@ -58,7 +64,7 @@ class BNMLoss(nn.Module):
             singular_values = torch.linalg.svdvals(probs)  # (min(B, C),)
             divisor = singular_values.numel() if self.normalizer == "min_dim" else logits.shape[0]
             loss = -singular_values.sum() / divisor
-        self.last_logs = {"bnm": loss.item()}
+        self.last_logs = {"bnm": loss.detach()}
         return loss
 
     def extra_repr(self) -> str:

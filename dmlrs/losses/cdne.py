@@ -21,7 +21,8 @@ the MB and MU scripts.
 
 All parts are computed in float32 with autocast disabled (T = 0.05 overflows in fp16).
 Shapes: codes (B, bits), labels (B,), indices (B,), logits (B, C).
-``last_logs = {"snca", "ce", "quant", "cdne"}`` (unweighted parts and the weighted total).
+``last_logs = {"snca", "ce", "quant", "cdne"}`` (unweighted parts and the weighted total), detached
+device tensors: logging them costs no host sync (the engine reads them once per log interval).
 """
 from __future__ import annotations
 
@@ -51,7 +52,7 @@ class CDNELoss(nn.Module):
         self.snca_weight = float(snca_weight)
         self.ce_weight = float(ce_weight)
         self.quant_weight = float(quant_weight)
-        self.last_logs: dict[str, float] = {}
+        self.last_logs: dict[str, torch.Tensor] = {}
 
     def forward(self, codes: torch.Tensor, labels: torch.Tensor, *, indices: torch.Tensor | None = None,
                 logits: torch.Tensor | None = None) -> torch.Tensor:
@@ -66,8 +67,7 @@ class CDNELoss(nn.Module):
             ce = F.cross_entropy(logits.to(dtype), labels.reshape(-1).to(logits.device))
             quant = (codes.abs() - 1).pow(2).mean()
             loss = self.snca_weight * snca + self.ce_weight * ce + self.quant_weight * quant
-        self.last_logs = {"snca": float(snca.detach()), "ce": float(ce.detach()),
-                          "quant": float(quant.detach()), "cdne": float(loss.detach())}
+        self.last_logs = {"snca": snca.detach(), "ce": ce.detach(), "quant": quant.detach(), "cdne": loss.detach()}
         return loss
 
     def extra_repr(self) -> str:

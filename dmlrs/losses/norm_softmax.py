@@ -27,6 +27,13 @@ Numerics: 1/T = 20 makes logits up to +-20, whose exp overflows fp16, so everyth
 in fp32 (or fp64 when the inputs are fp64) with autocast disabled, and the cross-entropy uses
 log-softmax. sqrt(1 - cos^2) is computed on a clamped argument so its gradient stays finite at
 cos = +-1 (acos is never used).
+
+Host syncs: none per call in training. ``last_logs = {"norm_softmax": loss}`` holds a detached
+device tensor (reading it is the caller's choice). The label range check needs the labels' min
+and max on the host (one device sync on CUDA, both read together); it runs while
+``validate`` is True (the default, so a loss called on its own checks every call). The
+engine turns it on for the first step of each epoch only (``Method.set_input_checks``); the
+other steps rely on the dataset's labels, which do not change within a run.
 """
 from __future__ import annotations
 
@@ -42,6 +49,14 @@ from dmlrs.errors import DmlrsError
 _SIN_SQ_EPS = 1e-7
 
 
+def read_ranges(*tensors: Tensor) -> list[tuple[int, int]]:
+    """(min, max) of each non-empty integer tensor, read to the host in one transfer (one
+    device sync on CUDA, however many tensors)."""
+    bounds = torch.stack([bound for t in tensors for bound in (t.min(), t.max())]).to(torch.int64)
+    values = bounds.tolist()
+    return [(values[i], values[i + 1]) for i in range(0, len(values), 2)]
+
+
 def compute_dtype(*tensors: Tensor) -> torch.dtype:
     """At least fp32: fp16/bf16 inputs are promoted, fp64 inputs (gradcheck) stay fp64."""
     dtype = torch.float32
@@ -52,7 +67,11 @@ def compute_dtype(*tensors: Tensor) -> torch.dtype:
 
 class CosinePrototypeLoss(nn.Module):
     """Shared base: normalised class prototypes (an ``nn.Parameter`` owned by the loss) and
-    temperature-scaled cosine logits. Subclasses define ``forward``."""
+    temperature-scaled cosine logits. Subclasses define ``forward``.
+
+    ``validate`` (default True): check that labels (and indices) lie in range, which reads
+    them on the host (a device sync on CUDA); the engine switches it off after the first step of
+    each epoch. Shape checks always run (they need no sync)."""
 
     def __init__(self, num_classes: int, dim: int, temperature: float = 0.05) -> None:
         super().__init__()
@@ -67,7 +86,9 @@ class CosinePrototypeLoss(nn.Module):
         self.temperature = float(temperature)
         bound = 1.0 / math.sqrt(self.dim)
         self.prototypes = nn.Parameter(torch.empty(self.num_classes, self.dim).uniform_(-bound, bound))  # (C, D)
-        self.last_logs: dict[str, float] = {}
+        self.validate = True
+        #: per-part values of the last call for logging: detached device tensors (no host sync)
+        self.last_logs: dict[str, Tensor] = {}
 
     def cosines(self, embeddings: Tensor) -> Tensor:
         """Cosine similarity of every embedding to every prototype: (B, D) -> (B, C), fp32+."""
@@ -83,12 +104,19 @@ class CosinePrototypeLoss(nn.Module):
         """Plain ``cos / T`` without margin, (B, D) -> (B, C): for prediction and BNM."""
         return self.cosines(embeddings) / self.temperature
 
-    def _check_labels(self, embeddings: Tensor, labels: Tensor) -> None:
+    def _check_labels(self, embeddings: Tensor, labels: Tensor, *, check_range: bool | None = None) -> None:
+        """Shapes always; the value range when ``check_range`` (default: ``self.validate``)."""
+        self._check_label_shape(embeddings, labels)
+        if self.validate if check_range is None else check_range:
+            self._check_label_range(*read_ranges(labels)[0])
+
+    def _check_label_shape(self, embeddings: Tensor, labels: Tensor) -> None:
         if labels.dim() != 1 or labels.shape[0] != embeddings.shape[0]:
             raise ValueError(f"labels must have shape ({embeddings.shape[0]},), got {tuple(labels.shape)}")
         if labels.numel() == 0:
             raise ValueError("empty batch: the loss needs at least one sample")
-        low, high = int(labels.min()), int(labels.max())
+
+    def _check_label_range(self, low: int, high: int) -> None:
         if low < 0 or high >= self.num_classes:
             raise DmlrsError(
                 f"labels must lie in [0, {self.num_classes}) but range over [{low}, {high}]; "
@@ -127,7 +155,7 @@ class NormSoftmaxLoss(CosinePrototypeLoss):
                 is_target = F.one_hot(labels, self.num_classes).bool()  # (B, C)
                 cos = torch.where(is_target, target.unsqueeze(1), cos)  # (B, C)
             loss = F.cross_entropy(cos / self.temperature, labels)
-        self.last_logs = {"norm_softmax": loss.item()}
+        self.last_logs = {"norm_softmax": loss.detach()}
         return loss
 
     def extra_repr(self) -> str:

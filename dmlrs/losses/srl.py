@@ -56,7 +56,8 @@ m = 0.4, T = 10, lambda = 1.
 
 ``last_logs``: srl_pos = mean_i L_P(i); srl_neg = mean_i L_N(i) (before lambda);
 hard_pos_frac = hard / all positive pairs; hard_neg_frac = hard / all negative pairs (0 when there
-are no such pairs).
+are no such pairs). All are detached device tensors (the fractions in float64, exact ratios of the
+pair counts): computing them needs no host sync.
 """
 
 from __future__ import annotations
@@ -113,7 +114,7 @@ class SimilarityRetentionLoss(nn.Module):
         self.lambda_ = float(lambda_)
         self.weight_negatives = bool(weight_negatives)
         self.dynamic_positive_weights = bool(dynamic_positive_weights)
-        self.last_logs: dict[str, float] = {}
+        self.last_logs: dict[str, torch.Tensor] = {}
 
     def extra_repr(self) -> str:
         return (
@@ -134,8 +135,8 @@ class SimilarityRetentionLoss(nn.Module):
             dist = pairwise_euclidean(x)  # (B, B)
             positive_part, negative_part = self._parts(dist, labels)  # (B,), (B,)
             loss = (positive_part + self.lambda_ * negative_part).mean()
-        self.last_logs["srl_pos"] = float(positive_part.detach().mean())
-        self.last_logs["srl_neg"] = float(negative_part.detach().mean())
+        self.last_logs["srl_pos"] = positive_part.detach().mean()
+        self.last_logs["srl_neg"] = negative_part.detach().mean()
         return loss
 
     def _parts(self, dist: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -181,8 +182,8 @@ class SimilarityRetentionLoss(nn.Module):
         return omega
 
     def _log_fractions(self, positive, negative, hard_pos, hard_neg) -> None:
-        n_pos, n_neg = int(positive.sum()), int(negative.sum())
-        self.last_logs = {
-            "hard_pos_frac": int(hard_pos.sum()) / n_pos if n_pos else 0.0,
-            "hard_neg_frac": int(hard_neg.sum()) / n_neg if n_neg else 0.0,
-        }
+        """hard / all pairs on the device (0 without pairs: hard is 0 then), no host sync."""
+        def fraction(hard, every):
+            return hard.sum().double() / every.sum().double().clamp_min(1.0)
+
+        self.last_logs = {"hard_pos_frac": fraction(hard_pos, positive), "hard_neg_frac": fraction(hard_neg, negative)}

@@ -26,6 +26,11 @@ Prototypes are initialised like ``NormSoftmaxLoss`` (uniform(-1/sqrt(D), 1/sqrt(
 
 Numerics: fp32 (fp64 stays fp64) with autocast disabled; p^q = exp(q * log_softmax(z)_y) and
 1 - p^q = -expm1(q * log p), so small q does not cancel and 1/T = 20 never overflows.
+
+Host syncs: none per training step. ``last_logs = {"rnsl", "kept_fraction"}`` are detached device
+tensors (the untruncated mean L_q and the kept fraction of the whole training set). The label and
+index range checks read their min/max on the host in one transfer, only while ``validate`` is
+True (see ``CosinePrototypeLoss``); ``update_weights`` always checks.
 """
 from __future__ import annotations
 
@@ -36,7 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dmlrs.errors import DmlrsError
-from dmlrs.losses.norm_softmax import CosinePrototypeLoss
+from dmlrs.losses.norm_softmax import CosinePrototypeLoss, read_ranges
 
 
 def box_cox_loss(log_p: Tensor, q: float) -> Tensor:
@@ -85,7 +90,14 @@ class RobustNormSoftmaxLoss(CosinePrototypeLoss):
         log_probs = F.log_softmax(self.logits(embeddings), dim=1)  # (B, C)
         return log_probs.gather(1, labels.unsqueeze(1)).squeeze(1)  # (B,)
 
-    def _check_indices(self, indices: Tensor | None, batch_size: int) -> Tensor:
+    def _check_indices(self, indices: Tensor | None, batch_size: int, *, check_range: bool | None = None) -> Tensor:
+        """Shape always; the value range when ``check_range`` (default: ``self.validate``)."""
+        indices = self._check_index_shape(indices, batch_size)
+        if self.validate if check_range is None else check_range:
+            self._check_index_range(*read_ranges(indices)[0])
+        return indices
+
+    def _check_index_shape(self, indices: Tensor | None, batch_size: int) -> Tensor:
         if indices is None:
             raise DmlrsError(
                 "truncated RobustNormSoftmaxLoss needs the training-set `indices` of the batch; "
@@ -93,19 +105,25 @@ class RobustNormSoftmaxLoss(CosinePrototypeLoss):
             )
         if indices.dim() != 1 or indices.shape[0] != batch_size:
             raise ValueError(f"indices must have shape ({batch_size},), got {tuple(indices.shape)}")
-        low, high = int(indices.min()), int(indices.max())
+        return indices.to(self.weights.device)
+
+    def _check_index_range(self, low: int, high: int) -> None:
         if low < 0 or high >= self.num_samples:
             raise DmlrsError(
                 f"sample indices must lie in [0, {self.num_samples}) but range over [{low}, {high}]; "
                 "num_samples must be the size of the training set the indices come from."
             )
-        return indices.to(self.weights.device)
 
     def forward(self, embeddings: Tensor, labels: Tensor, *, indices: Tensor | None = None) -> Tensor:
         """(B, D), (B,), indices (B,) -> scalar. ``indices`` is required when truncated."""
-        self._check_labels(embeddings, labels)
+        self._check_label_shape(embeddings, labels)
         if self.truncated:
-            indices = self._check_indices(indices, embeddings.shape[0])
+            indices = self._check_index_shape(indices, embeddings.shape[0])
+        if self.validate:  # labels and indices read together: one host sync
+            (low, high), *index_range = read_ranges(labels, *([indices] if self.truncated else []))
+            self._check_label_range(low, high)
+            if index_range:
+                self._check_index_range(*index_range[0])
         with torch.autocast(device_type=embeddings.device.type, enabled=False):
             per_sample = box_cox_loss(self._label_log_probs(embeddings, labels), self.q)  # (B,)
             if self.truncated:
@@ -113,7 +131,7 @@ class RobustNormSoftmaxLoss(CosinePrototypeLoss):
                 loss = (kept * (per_sample - self.loss_at_threshold)).mean()
             else:
                 loss = per_sample.mean()
-        self.last_logs = {"rnsl": per_sample.mean().item(), "kept_fraction": self.kept_fraction}
+        self.last_logs = {"rnsl": per_sample.detach().mean(), "kept_fraction": self.weights.float().mean()}
         return loss
 
     @torch.no_grad()
@@ -127,8 +145,8 @@ class RobustNormSoftmaxLoss(CosinePrototypeLoss):
         """
         device = self.prototypes.device
         embeddings, labels = embeddings.to(device), labels.to(device)
-        self._check_labels(embeddings, labels)
-        indices = self._check_indices(indices, embeddings.shape[0])
+        self._check_labels(embeddings, labels, check_range=True)
+        indices = self._check_indices(indices, embeddings.shape[0], check_range=True)
         with torch.autocast(device_type=embeddings.device.type, enabled=False):
             log_p = self._label_log_probs(embeddings, labels)  # (B,)
         keep = log_p > math.log(self.k)  # p > k, compared in log space

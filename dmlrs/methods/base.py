@@ -5,6 +5,12 @@ memory bank and EMA encoder. The engine only calls the hooks below; it knows not
 method-specific. Everything that must survive a checkpoint lives in ``state_dict()``: a run can
 be killed at any moment and resumed from its last checkpoint (possibly inside an epoch), and it
 must then continue exactly as if it had not stopped.
+
+Host syncs. On CUDA the engine reads at most one value per optimizer step from the device (its
+non-finite check); everything a method does inside a step must stay on the device: loss parts
+are returned as detached tensors (never ``.item()``/``float()``), and host-side input checks
+(label or index ranges) run only while ``set_input_checks(True)`` is in force, which the engine
+does for the first step of each epoch.
 """
 from __future__ import annotations
 
@@ -36,10 +42,22 @@ class Method(nn.Module):
     #: True for hashing methods: the test report adds Hamming-space retrieval on ``codes``.
     hashing: bool = False
 
-    def training_step(self, batch: dict) -> dict[str, torch.Tensor | float]:
+    def training_step(self, batch: dict) -> dict[str, torch.Tensor]:
         """Losses of one batch. ``"loss"`` is the total that is back-propagated; the other entries
-        are loss parts for logging (floats or detached scalar tensors)."""
+        are loss parts for logging: detached 0-d tensors on the device, never Python floats
+        (converting one is a device-to-host sync; the engine reads them once per log interval)."""
         raise NotImplementedError
+
+    def set_input_checks(self, enabled: bool) -> None:
+        """Switch the host-side input checks (label/index ranges) of every loss of this method.
+
+        They read values to the host, a device sync on CUDA, so the engine runs them for the
+        first step of each epoch only (the labels come from the same dataset all run long) and
+        switches them back on after the epoch, so a loss called on its own checks every call.
+        A loss opts in with a boolean ``validate`` attribute (``SNCALoss``, ``CosinePrototypeLoss``)."""
+        for module in self.modules():
+            if isinstance(getattr(module, "validate", None), bool):
+                module.validate = enabled
 
     @torch.no_grad()
     def after_optimizer_step(self) -> None:
@@ -64,7 +82,8 @@ class Method(nn.Module):
         memory bank's ``momentum_value`` or t-RNSL's ``weights``), never in a plain attribute."""
 
     def scalars(self) -> dict[str, float]:
-        """Method state worth logging each epoch (memory momentum, kept fraction...)."""
+        """Method state worth logging each epoch (memory momentum, kept fraction...); read once
+        per epoch, so plain floats are fine here."""
         return {}
 
     def batch_sampler(self, labels: torch.Tensor, batch_size: int, seed: int):

@@ -122,3 +122,11 @@ def test_empty_or_wrong_rank_logits_are_rejected():
         BNMLoss()(torch.zeros(0, 3))
     with pytest.raises(ValueError, match="BNM"):
         BNMLoss()(torch.zeros(3))
+
+
+def test_last_logs_hold_a_detached_tensor():
+    logits = torch.randn(6, 4, requires_grad=True)
+    bnm = BNMLoss()
+    value = bnm(logits)
+    logged = bnm.last_logs["bnm"]
+    assert torch.is_tensor(logged) and not logged.requires_grad and torch.equal(logged, value.detach())

@@ -102,3 +102,12 @@ def test_missing_logits_or_indices_are_clear_errors():
         CDNELoss(memory, memory_labels, quant_weight=-1.0)
     with pytest.raises(DmlrsError, match="--lambda_ -2.0"):
         CDNELoss(memory, memory_labels, snca_weight=-2.0)
+
+
+def test_last_logs_are_detached_tensors():
+    memory, memory_labels, indices, codes, logits = make_problem()
+    loss_fn = CDNELoss(memory, memory_labels)
+    loss = loss_fn(codes.requires_grad_(True), memory_labels[indices], indices=indices, logits=logits)
+    assert set(loss_fn.last_logs) == {"snca", "ce", "quant", "cdne"}
+    assert all(torch.is_tensor(v) and v.dim() == 0 and not v.requires_grad for v in loss_fn.last_logs.values())
+    assert torch.equal(loss_fn.last_logs["cdne"], loss.detach())

@@ -197,3 +197,27 @@ def test_bad_inputs_raise_clear_errors():
         loss(torch.randn(2, 5), torch.tensor([0, 4]))
     with pytest.raises(ValueError, match="embeddings"):
         loss(torch.randn(2, 6), torch.tensor([0, 1]))
+
+
+def test_last_logs_are_detached_tensors_and_the_range_check_follows_validate(monkeypatch):
+    """No .item() per call: the logged value stays a tensor. The label range check (a host read)
+    runs while ``validate`` is True (the default; the engine keeps it for an epoch's first step)."""
+    loss = NormSoftmaxLoss(4, 5)
+    emb = torch.randn(3, 5, requires_grad=True)
+    value = loss(emb, torch.tensor([0, 1, 3]))
+    logged = loss.last_logs["norm_softmax"]
+    assert torch.is_tensor(logged) and not logged.requires_grad and torch.equal(logged, value.detach())
+    reads = []
+    real_tolist = torch.Tensor.tolist
+    monkeypatch.setattr(torch.Tensor, "tolist", lambda self: reads.append(1) or real_tolist(self))
+    loss(emb, torch.tensor([0, 1, 3]))
+    assert len(reads) == 1  # min and max of the labels in one read
+    loss.validate = False
+    loss(emb, torch.tensor([0, 1, 3]))
+    assert len(reads) == 1
+    loss.validate = True
+    with pytest.raises(DmlrsError, match=r"labels must lie in \[0, 4\) but range over \[-1, 3\]"):
+        loss(emb, torch.tensor([-1, 1, 3]))
+    with pytest.raises(ValueError, match="labels must have shape"):  # shapes: checked whatever validate is
+        loss.validate = False
+        loss(emb, torch.tensor([0, 1]))

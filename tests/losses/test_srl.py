@@ -250,3 +250,15 @@ def test_impossible_hyperparameters_raise_dmlrs_error(kwargs, flag):
 def test_mismatched_shapes_are_rejected():
     with pytest.raises(ValueError):
         SimilarityRetentionLoss()(torch.randn(4, 3), torch.zeros(5, dtype=torch.long))
+
+
+def test_last_logs_are_detached_device_tensors():
+    g = torch.Generator().manual_seed(3)
+    emb = torch.randn(8, 4, generator=g, requires_grad=True)
+    labels = torch.arange(4).repeat_interleave(2)
+    loss = SimilarityRetentionLoss()
+    loss(emb, labels)
+    assert set(loss.last_logs) == {"hard_pos_frac", "hard_neg_frac", "srl_pos", "srl_neg"}
+    for value in loss.last_logs.values():
+        assert torch.is_tensor(value) and value.dim() == 0 and not value.requires_grad
+    assert loss.last_logs["hard_pos_frac"].dtype == torch.float64  # exact ratio of pair counts

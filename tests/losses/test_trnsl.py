@@ -211,3 +211,27 @@ def test_bad_inputs_raise_clear_errors():
         RobustNormSoftmaxLoss(4, 5, 10, q=0.0)
     with pytest.raises(DmlrsError, match="pruning threshold"):
         RobustNormSoftmaxLoss(4, 5, 10, k=1.0)
+
+
+def test_range_checks_follow_validate_and_read_labels_and_indices_together(monkeypatch):
+    loss = RobustNormSoftmaxLoss(4, 5, 10)
+    emb, labels = torch.randn(3, 5), torch.tensor([0, 1, 2])
+    loss(emb, labels, indices=torch.tensor([0, 1, 9]))
+    assert set(loss.last_logs) == {"rnsl", "kept_fraction"}
+    assert all(torch.is_tensor(v) and not v.requires_grad for v in loss.last_logs.values())
+    assert loss.last_logs["kept_fraction"] == 1.0
+    reads = []
+    real_tolist = torch.Tensor.tolist
+    monkeypatch.setattr(torch.Tensor, "tolist", lambda self: reads.append(1) or real_tolist(self))
+    loss(emb, labels, indices=torch.tensor([0, 1, 9]))
+    assert len(reads) == 1  # labels and indices: one host read
+    loss.validate = False
+    loss(emb, labels, indices=torch.tensor([0, 1, 9]))
+    assert len(reads) == 1
+    with pytest.raises(DmlrsError, match="num_samples"):  # the refresh always checks
+        loss.update_weights(emb, labels, torch.tensor([0, 1, 10]))
+    loss.validate = True
+    with pytest.raises(DmlrsError, match=r"range over \[0, 10\]"):
+        loss(emb, labels, indices=torch.tensor([0, 1, 10]))
+    with pytest.raises(DmlrsError, match="num_classes"):
+        loss(emb, torch.tensor([0, 1, 4]), indices=torch.tensor([0, 1, 2]))

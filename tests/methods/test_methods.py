@@ -218,3 +218,36 @@ def test_mnce_bnm_and_trnsl_and_srl_steps_name_their_losses_and_write_no_state()
     sampler = srl.batch_sampler(torch.arange(12) % NUM_CLASSES, 64, seed=0)
     assert isinstance(sampler, ClassBalancedBatchSampler)
     assert all(len(b) == 6 for b in sampler)
+
+
+def test_training_steps_return_detached_tensors_and_input_checks_can_be_switched(monkeypatch):
+    """Loss parts stay on the device (the engine reads them once per log interval); the losses'
+    host-side input checks follow ``Method.set_input_checks``."""
+    from dmlrs.methods.srl import SRL
+
+    labels = torch.arange(12) % NUM_CLASSES
+    methods = [SNCACE(tiny_model(num_classes=NUM_CLASSES), labels), CDNE(tiny_model(dim=16, num_classes=NUM_CLASSES),
+               labels), MNCEBNM(tiny_model(), NUM_CLASSES), TRNSL(tiny_model(), NUM_CLASSES, [0] * 12),
+               SRL(tiny_model(), classes_per_batch=2, images_per_class=3)]
+    for method in methods:
+        out = method.training_step({**batch(), "unlabelled": batch(seed=6)["image"]})
+        assert out["loss"].requires_grad, method.name
+        for key, value in out.items():
+            assert torch.is_tensor(value) and value.dim() == 0, (method.name, key)
+            assert key == "loss" or not value.requires_grad, (method.name, key)
+    def switches(method):
+        return [m.validate for m in method.modules() if isinstance(getattr(m, "validate", None), bool)]
+
+    trnsl, mnce = methods[3], methods[2]
+    for method in (trnsl, mnce):
+        assert switches(method) == [True]
+        method.set_input_checks(False)
+        assert switches(method) == [False]
+    reads = []
+    real_tolist = torch.Tensor.tolist
+    monkeypatch.setattr(torch.Tensor, "tolist", lambda self: reads.append(1) or real_tolist(self))
+    trnsl.training_step(batch())
+    assert reads == []
+    trnsl.set_input_checks(True)
+    trnsl.training_step(batch())
+    assert reads == [1]
