@@ -18,6 +18,9 @@ and replayed at any point.
   (mAP, mAP@R, P@k, R@k, per-class AP), leave-one-out retrieval within the test split, kNN
   accuracy (with clean training labels too when label noise is on) and, for hashing methods,
   Hamming-space retrieval of binarised codes.
+- Metrics run on the evaluation device (the GPU when there is one: the extracted embeddings
+  are moved there), in query chunks whose memory is bounded by the chunk size and linear in
+  the gallery size (see ``dmlrs.metrics.retrieval``); on the CPU nothing is moved.
 """
 from __future__ import annotations
 
@@ -26,8 +29,9 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from dmlrs.engine.config import HAMMING_SELECT_K, HAMMING_SELECT_METRIC, check_select_metric
+from dmlrs.data.gpu_augment import finish_images
 from dmlrs.engine import faults
+from dmlrs.engine.config import HAMMING_SELECT_K, HAMMING_SELECT_METRIC, check_select_metric
 from dmlrs.engine.device import autocast
 from dmlrs.engine.loaders import eval_loader
 from dmlrs.methods.base import Method
@@ -61,7 +65,11 @@ class Evaluator:
     def extract_many(self, dataset, encoders, desc: str = "embedding", seed: int | None = None
                      ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
         """Like :meth:`extract` with several encoders in ONE pass over the data (each image is
-        loaded once): ``([outputs of each encoder], labels, indices)``."""
+        loaded once): ``([outputs of each encoder], labels, indices)``. Images are finished on the
+        device by :func:`dmlrs.data.gpu_augment.finish_images`: with the cached input pipeline a
+        uint8 batch is normalised there, or augmented when it carries augmentation parameters
+        (a training split drawn with ``seed``, e.g. the t-RNSL refresh)."""
+
         was_training = self.method.training
         self.method.eval()
         outputs = [[] for _ in encoders]
@@ -70,7 +78,7 @@ class Evaluator:
                              pin_memory=self.device.type == "cuda", seed=seed)
         try:
             for batch in tqdm(loader, desc=desc, leave=False, disable=not self.progress):
-                images = batch["image"].to(self.device, non_blocking=True)
+                images = finish_images(batch["image"], self.device, batch.get("augment"))
                 if self.channels_last:
                     images = images.contiguous(memory_format=torch.channels_last)
                 with autocast(self.device, self.amp):
@@ -89,19 +97,25 @@ class Evaluator:
                                                                          desc="embed train")
         faults.reached("validate")  # test-only: a kill in the middle of validation
         (query, *query_codes), query_labels, _ = self.extract_many(self.data.val, encoders, desc="embed val")
+        gallery, gallery_labels, query, query_labels = self._on_metric_device(gallery, gallery_labels, query,
+                                                                              query_labels)
         scores = {
             "knn_acc": knn_accuracy(gallery, gallery_labels, query, query_labels, k=self.knn_k),
             "mAP": retrieval_metrics(query, query_labels, gallery, gallery_labels, ks=())["mAP"],
         }
         if self.method.hashing:
-            scores[HAMMING_SELECT_METRIC] = hamming_precision_at(query_codes[0], query_labels, gallery_codes[0],
+            query_code, gallery_code = self._on_metric_device(query_codes[0], gallery_codes[0])
+            scores[HAMMING_SELECT_METRIC] = hamming_precision_at(query_code, query_labels, gallery_code,
                                                                  gallery_labels, k=HAMMING_SELECT_K)
         return scores
 
     def test_report(self) -> dict:
+        """The test split's report (module docstring); metrics on the evaluation device."""
         data = self.data
         gallery, gallery_labels, _ = self.extract(data.train_eval, desc="embed train")
         query, query_labels, _ = self.extract(data.test, desc="embed test")
+        gallery, gallery_labels, query, query_labels = self._on_metric_device(gallery, gallery_labels, query,
+                                                                              query_labels)
         retrieval = retrieval_metrics(query, query_labels, gallery, gallery_labels)
         per_class = retrieval.pop("AP_per_class")
         report = {
@@ -111,13 +125,22 @@ class Evaluator:
             "AP_per_class": {data.classes[int(label)]: value for label, value in sorted(per_class.items())},
         }
         if data.noise is not None:
-            clean = data.train_clean_labels
+            (clean,) = self._on_metric_device(data.train_clean_labels)
             report["knn_acc_clean_gallery"] = knn_accuracy(gallery, clean, query, query_labels, k=self.knn_k)
         if self.method.hashing:
             gallery_codes, _, _ = self.extract(data.train_eval, self.method.codes, desc="codes train")
             query_codes, _, _ = self.extract(data.test, self.method.codes, desc="codes test")
+            query_codes, gallery_codes = self._on_metric_device(query_codes, gallery_codes)
             report["hamming"] = hamming_metrics(query_codes, query_labels, gallery_codes, gallery_labels)
         return report
+
+    def _on_metric_device(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Move extracted embeddings/labels to the evaluation device when it is a GPU, so the
+        metrics run there (their memory is bounded by the chunk size: see ``dmlrs.metrics``).
+        On the CPU they stay as they are: the results are bit-identical to computing there."""
+        if self.device.type == "cpu":
+            return tensors
+        return tuple(tensor.to(self.device) for tensor in tensors)
 
 
 def _without_per_class(metrics: dict) -> dict:

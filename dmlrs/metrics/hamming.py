@@ -32,6 +32,22 @@ by index.  With R relevant items, rel(i) and P(i) = (1/i) sum_{j<=i} rel(j) at r
 All are means over the queries that have at least one relevant item; the others are counted
 in ``num_queries_without_relevant`` (see retrieval.py for the same rule).
 
+Memory
+------
+:func:`hamming_metrics` never builds a Q x G matrix: per chunk of C = ``chunk_size`` queries it
+holds the (C, G) int64 distances, turned into ranking keys in place, the relevance and radius
+masks, and the same rank computation as retrieval.py.  Peak extra memory, B bits, W = ceil(B / 64):
+
+    16 x 64 W (Q + G)             packing the codes (transient; 8 W (Q + G) kept)
+  + 8 (3 + len(ks) + len(map_at)) Q   the per-query values
+  + C G max(16 + 8 [W > 1], 17 + 16 Rmax / G)   one chunk (<= C x G x 33 bytes)
+
+bytes (plus a fixed few MiB), Rmax the most relevant items of one query: linear in G for a fixed
+chunk size.
+:func:`hamming_distance` is the exception on purpose: it RETURNS the full (Q, G) int32 matrix
+(4 Q G bytes); the metrics do not use it.  ``device`` (all entry points): where to compute,
+e.g. ``"cuda"``; default the query codes' device.
+
 CDNE's checkpoint-selection score (``hamming_precision_at``)
 -----------------------------------------------------------
 The original CDNE code keeps the checkpoint with the best Hamming P@20 of the validation split
@@ -54,6 +70,7 @@ from dmlrs.metrics.retrieval import (
     check_ks,
     check_positive_int,
     exclude_self,
+    resolve_device,
     mean_over,
     relevant_ranks,
     require_some_relevant,
@@ -117,22 +134,37 @@ def unpack_codes(packed: torch.Tensor, num_bits: int) -> torch.Tensor:
 def popcount(words: torch.Tensor) -> torch.Tensor:
     """Number of set bits of every int64 element (SWAR; the masks clear the sign bit, so the
     arithmetic right shifts of signed int64 behave like logical ones)."""
-    x = words - ((words >> 1) & _M1)
-    x = (x & _M2) + ((x >> 2) & _M2)
-    x = (x + (x >> 4)) & _M4
-    return (x * _H01) >> 56  # top byte = sum of the 8 byte counts (multiplication wraps mod 2^64)
+    return _popcount_(words.clone())
+
+
+def _popcount_(x: torch.Tensor) -> torch.Tensor:
+    """:func:`popcount` in place on an int64 tensor ``x`` (one temporary of its size)."""
+    t = x >> 1
+    x -= t.bitwise_and_(_M1)
+    torch.bitwise_right_shift(x, 2, out=t)
+    x.bitwise_and_(_M2).add_(t.bitwise_and_(_M2))
+    torch.bitwise_right_shift(x, 4, out=t)
+    x.add_(t).bitwise_and_(_M4)
+    del t
+    return x.mul_(_H01).bitwise_right_shift_(56)  # top byte = sum of the 8 byte counts (wraps mod 2^64)
 
 
 def _distance_chunk(packed_q: torch.Tensor, packed_g: torch.Tensor) -> torch.Tensor:
-    """(C, W) x (G, W) packed words -> (C, G) int64 Hamming distances."""
-    distance = torch.zeros(packed_q.shape[0], packed_g.shape[0], dtype=torch.long, device=packed_q.device)
+    """(C, W) x (G, W) packed words -> (C, G) int64 Hamming distances (16 bytes per entry at the
+    peak for one word, 24 for several)."""
+    distance = None
     for word in range(packed_q.shape[1]):  # one (C, G) XOR + popcount per 64-bit word
-        distance += popcount(packed_q[:, word : word + 1] ^ packed_g[:, word].unsqueeze(0))
+        bits = _popcount_(packed_q[:, word : word + 1] ^ packed_g[:, word].unsqueeze(0))
+        distance = bits if distance is None else distance.add_(bits)
+        del bits
     return distance
 
 
 def hamming_distance(packed_q: torch.Tensor, packed_g: torch.Tensor, chunk_size: int = 1024) -> torch.Tensor:
-    """(Q, W) x (G, W) int64 packed codes -> (Q, G) int32 Hamming distances, chunked over queries."""
+    """(Q, W) x (G, W) int64 packed codes -> (Q, G) int32 Hamming distances, chunked over queries.
+
+    Returns the full matrix (4 Q G bytes, plus one chunk's int64 work: chunk_size x G x 24
+    bytes); for retrieval metrics at scale use :func:`hamming_metrics`, which never builds it."""
     for name, packed in (("packed_q", packed_q), ("packed_g", packed_g)):
         if not isinstance(packed, torch.Tensor) or packed.dtype != torch.long or packed.dim() != 2:
             raise DmlrsError(f"{name} must be a 2-D int64 tensor from pack_codes()")
@@ -172,13 +204,16 @@ def hamming_metrics(
     num_bits: int | None = None,
     map_at_normalizer: str = "retrieved",
     chunk_size: int = 1024,
+    device: torch.device | str | None = None,
 ) -> dict:
     """Hashing retrieval report: ``mAP``, ``mAP@k`` for k in ``map_at``, ``P@k`` for k in ``ks``,
     ``P@H<=radius``, ``num_queries``, ``num_queries_without_relevant`` (plain Python values).
 
     Codes: real-valued (binarised: > 0 -> bit 1, <= 0 -> bit 0) or 0/1 bits, (N, B); or packed
     int64 words from :func:`pack_codes` together with ``num_bits``.  ``gallery_codes=None``: leave-one-out.
-    Definitions in the module docstring.
+    ``device``: where to compute (codes are moved there), default the query codes' device.
+    Definitions and the memory bound (<= chunk_size x G x 33 bytes per chunk, plus O(Q + G))
+    in the module docstring.
     """
     if map_at_normalizer not in MAP_NORMALIZERS:
         raise DmlrsError(f"map_at_normalizer must be one of {MAP_NORMALIZERS}, got {map_at_normalizer!r}")
@@ -186,6 +221,11 @@ def hamming_metrics(
         raise DmlrsError(f"radius must be a non-negative integer, got {radius!r}")
     ks, map_at = check_ks(ks), check_ks(map_at, "map_at")
     chunk_size = check_positive_int(chunk_size, "chunk_size")
+    if device is not None and isinstance(query_codes, torch.Tensor):
+        device = resolve_device(device, query_codes)
+        query_codes = query_codes.to(device)
+        if isinstance(gallery_codes, torch.Tensor):
+            gallery_codes = gallery_codes.to(device)
     packed_q, bits_q = _packed(query_codes, num_bits, "query_codes")
     if gallery_codes is None:
         packed_g, bits_g = None, bits_q
@@ -203,21 +243,29 @@ def hamming_metrics(
     columns.update({f"AP@{k}": [] for k in map_at})
     columns.update({f"P@{k}": [] for k in ks})
     for start in range(0, packed_q.shape[0], chunk_size):
-        distance = _distance_chunk(packed_q[start : start + chunk_size], packed_g)  # (C, G)
-        keys = (bits_q - distance) * num_gallery + reversed_index  # distinct; descending = ascending distance
+        distance = _distance_chunk(packed_q[start : start + chunk_size], packed_g)  # (C, G) int64
         relevant = query_labels[start : start + chunk_size].unsqueeze(1) == gallery_labels.unsqueeze(0)
         within = distance <= radius
+        # in place: keys = (bits - distance) * G + reversed index; distinct, descending = ascending distance
+        keys = distance.neg_().add_(bits_q).mul_(num_gallery).add_(reversed_index)
+        del distance
         if loo:
             exclude_self(keys, start, relevant, within)  # the query is not "within the radius" of itself
-        stats = RankStats(*relevant_ranks(keys, relevant))
+        num_within = within.sum(dim=1)
+        within &= relevant
+        columns["radius"].append(within.sum(dim=1).double() / num_within.clamp_min(1))
+        del within
+        ranks, num_relevant = relevant_ranks(keys, relevant)
+        del keys, relevant
+        stats = RankStats(ranks, num_relevant)
+        del ranks
         columns["AP"].append(stats.average_precision())
         columns["num_relevant"].append(stats.num_relevant)
         for k in map_at:
             columns[f"AP@{k}"].append(_average_precision_at(stats, k, map_at_normalizer))
         for k in ks:
             columns[f"P@{k}"].append(stats.precision_at(k))
-        num_within = within.sum(dim=1)
-        columns["radius"].append((within & relevant).sum(dim=1).double() / num_within.clamp_min(1))
+        del stats  # one chunk alive at a time
     per_query = {name: torch.cat(parts) for name, parts in columns.items()}
     keep = require_some_relevant(per_query["num_relevant"])
 
@@ -251,18 +299,19 @@ def hamming_precision_at(
     *,
     num_bits: int | None = None,
     chunk_size: int = 1024,
+    device: torch.device | str | None = None,
 ) -> float:
     """CDNE's validation score: Hamming precision@k of the queries against the gallery, averaged
     over ALL queries (a query without any relevant gallery item scores 0, as in the original code).
 
-    Same codes and ranking as :func:`hamming_metrics` (bit = code > 0; ascending Hamming distance,
-    ties by gallery index); see the module docstring.
+    Same codes, ranking, ``device`` and memory bound as :func:`hamming_metrics` (bit = code > 0;
+    ascending Hamming distance, ties by gallery index); see the module docstring.
     """
     if gallery_codes is None or gallery_labels is None:
         raise DmlrsError("hamming_precision_at needs a gallery (codes and labels); it has no leave-one-out mode")
     k = check_positive_int(k, "k")
     result = hamming_metrics(query_codes, query_labels, gallery_codes, gallery_labels, ks=(k,), map_at=(),
-                             num_bits=num_bits, chunk_size=chunk_size)
+                             num_bits=num_bits, chunk_size=chunk_size, device=device)
     # hamming_metrics averages over the queries with a relevant item; the others score exactly 0
     kept = result["num_queries"]
     return result[f"P@{k}"] * kept / (kept + result["num_queries_without_relevant"])

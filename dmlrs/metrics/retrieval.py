@@ -38,7 +38,28 @@ histogram + cumulative sum of those counts gives the 1-based rank r_m of each re
 (the number of items preceded by at most m relevant ones).  All the metrics above are
 functions of those ranks: the (m+1)-th relevant item contributes P(r_m) = (m+1) / r_m, and
 ``sum_{i<=k} rel(i)`` is the number of r_m <= k.  Work per query chunk: one matmul, one
-``topk`` of R keys, one ``searchsorted`` of G keys into R; memory O(chunk_size * G).
+``topk`` of R keys, one ``searchsorted`` of G keys into R, one ``bincount``.
+
+Memory (what a call allocates besides its inputs; measured in
+``tests/metrics/test_memory_bound.py``)
+----------------------------------------------------------------------------------------
+Nothing of size Q x G is ever built and no row is fully sorted.  With Q queries, G gallery
+items, width D, C = ``chunk_size`` and Rmax the largest number of relevant items of a query
+(Rmax ~ G / num_classes for balanced classes, Rmax <= G always), the peak extra memory is
+
+    4 D (Q + G)                    L2-normalised float32 copies (4 D Q in leave-one-out mode)
+  + 8 (3 + 2 len(ks)) Q            the per-query values that are averaged at the end
+  + C G (17 + 16 Rmax / G)         one chunk at a time: int64 ranking keys (8), relevance
+                                   mask (1) and, at the peak, a masked copy of the keys for
+                                   ``topk`` (8) + the (C, Rmax) sorted relevant keys, indices,
+                                   histogram (8 each)  -- at most C x G x 33 bytes
+
+bytes, plus a fixed few MiB (allocator rounding, kernel workspaces: at most 4 MiB measured).
+E.g. 30k x 30k, d = 128, 30 classes, C = 1024: 31 MB + 3.6 MB + 0.54 GB = 548 MiB (measured
+peak resident set on a CPU for 1024 queries x 30k gallery: 531 MiB, bound 530 MiB).  For a
+fixed chunk size it grows linearly with G; the chunk's float32 scores (4 C G) are turned into
+the keys in place (12 C G transiently).  ``device``: computed where the embeddings are moved to
+(a GPU when given one): the same bound then applies to that device's memory.
 """
 from __future__ import annotations
 
@@ -87,11 +108,22 @@ def check_embeddings(x: torch.Tensor, name: str) -> torch.Tensor:
     return x
 
 
+def resolve_device(device, tensor: torch.Tensor) -> torch.device:
+    """The device a metric computes on: ``device`` when given (``"cuda"``, ``torch.device``...),
+    else the device ``tensor`` lives on."""
+    if device is None:
+        return tensor.device
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise DmlrsError(f"device {device!r} is not a torch device (use e.g. 'cpu' or 'cuda')") from exc
+
+
 def resolve_gallery(query, query_labels, gallery, gallery_labels, what: str = "embeddings"):
     """Validate a (query, gallery) pair; return (query_labels, gallery, gallery_labels, leave_one_out).
 
     ``gallery is None`` means leave-one-out over the query set; then ``gallery_labels`` must be
-    None too.  Gallery tensors are moved to the query's device.
+    None too.  Gallery tensors and labels are moved to the query's device.
     """
     query_labels = check_labels(query_labels, query.shape[0], "query_labels").to(query.device)
     if gallery is None:
@@ -107,15 +139,28 @@ def resolve_gallery(query, query_labels, gallery, gallery_labels, what: str = "e
 
 
 # ----------------------------------------------------------------------------- ranking core
-def descending_score_keys(scores: torch.Tensor) -> torch.Tensor:
+def descending_score_keys(scores: torch.Tensor, *, consume: bool = False) -> torch.Tensor:
     """Map scores (C, G) to int64 keys (C, G): larger score -> larger key, equal scores -> lower
     gallery index gets the larger key.  Keys are distinct within a row, so sorting them
-    descending reproduces the ranking "descending score, ties by index" exactly."""
+    descending reproduces the ranking "descending score, ties by index" exactly.
+
+    ``consume=True`` lets the function overwrite a contiguous float32 ``scores`` (the chunk's
+    matmul output) instead of copying it: 12 bytes per score at the peak instead of 20.
+    """
     num_gallery = scores.shape[1]
-    bits = (scores.float() + 0.0).contiguous().view(torch.int32)  # + 0.0 turns -0.0 into +0.0
-    ordered = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # negative floats: flip magnitude bits -> int order == float order
+    if consume and scores.dtype == torch.float32 and scores.is_contiguous():
+        work = scores.add_(0.0)  # + 0.0 turns -0.0 into +0.0
+    else:
+        work = (scores.float() + 0.0).contiguous()
+    bits = work.view(torch.int32)
+    flip = bits >> 31
+    flip &= 0x7FFFFFFF
+    bits ^= flip  # negative floats: flip magnitude bits -> int order == float order
+    del flip
+    keys = bits.long()
+    del work, bits
     reversed_index = torch.arange(num_gallery - 1, -1, -1, device=scores.device)
-    return ordered.long().mul_(num_gallery).add_(reversed_index)
+    return keys.mul_(num_gallery).add_(reversed_index)
 
 
 def exclude_self(keys: torch.Tensor, first_row: int, *masks: torch.Tensor) -> None:
@@ -133,27 +178,36 @@ def relevant_ranks(keys: torch.Tensor, relevant: torch.Tensor) -> tuple[torch.Te
 
     keys: (C, G) int64, distinct within a row, ranking = descending key; items with
     ``EXCLUDED_KEY`` take no part.  relevant: (C, G) bool.
-    Returns ``ranks`` (C, Rmax) int64 -- ``ranks[c, m]`` is the rank of row c's (m+1)-th
-    relevant item, ascending in m; entries m >= num_relevant[c] are padding -- and
-    ``num_relevant`` (C,) int64.
+    Returns ``ranks`` (C, Rmax) int64 contiguous -- ``ranks[c, m]`` is the rank of row c's
+    (m+1)-th relevant item, ascending in m; entries m >= num_relevant[c] are padding -- and
+    ``num_relevant`` (C,) int64.  Extra memory at the peak: C x G x 8 + C x Rmax x 16 bytes
+    (the masked keys fed to ``topk`` and its output); afterwards C x G x 4 + C x Rmax x 16.
     """
     num_rows = keys.shape[0]
     num_relevant = relevant.sum(dim=1)
     r_max = int(num_relevant.max()) if num_rows else 0
     if r_max == 0:
         return torch.zeros(num_rows, 0, dtype=torch.long, device=keys.device), num_relevant
-    # (C, Rmax): relevant keys, descending; rows with fewer relevant items are padded with EXCLUDED_KEY
-    relevant_keys = keys.masked_fill(~relevant, EXCLUDED_KEY).topk(r_max, dim=1).values
-    ascending = relevant_keys.flip(1).contiguous()
+    # (C, Rmax): relevant keys, ascending; rows with fewer relevant items are padded with EXCLUDED_KEY
+    masked = torch.where(relevant, keys, EXCLUDED_KEY)
+    top = masked.topk(r_max, dim=1)
+    del masked
+    ascending = top.values.flip(1)
+    del top
     # (C, G): slot s = entries of `ascending` <= the item's key; the item is preceded by Rmax - s
     # relevant items (padding and the excluded item land in slots meaning "after all R relevant")
-    slot = torch.searchsorted(ascending, keys.contiguous(), right=True)
-    histogram = torch.zeros(num_rows, r_max + 1, dtype=torch.long, device=keys.device)
-    histogram.scatter_add_(1, slot, torch.ones((), dtype=torch.long, device=keys.device).expand_as(slot))
+    use_int32 = num_rows * (r_max + 1) < 2**31
+    slot = torch.searchsorted(ascending, keys.contiguous(), right=True, out_int32=use_int32)
+    del ascending
+    # histogram of the slots of each row: one bincount over row-offset slots (no (C, G) int64 copy)
+    slot += (torch.arange(num_rows, device=keys.device, dtype=slot.dtype) * (r_max + 1)).unsqueeze(1)
+    histogram = torch.bincount(slot.view(-1), minlength=num_rows * (r_max + 1)).view(num_rows, r_max + 1)
+    del slot
     # rank of relevant item m (0-based) = number of items preceded by at most m relevant items
-    # (itself included) = number of items in slots >= Rmax - m
-    ranks = histogram.flip(1).cumsum(dim=1)[:, :r_max]  # (C, Rmax)
-    return ranks, num_relevant
+    # (itself included) = number of items in slots >= Rmax - m: a cumulative sum of slots Rmax..1
+    ranks = histogram[:, 1:].flip(1)  # (C, Rmax), a contiguous copy
+    del histogram
+    return ranks.cumsum_(dim=1), num_relevant
 
 
 class RankStats:
@@ -164,14 +218,21 @@ class RankStats:
     """
 
     def __init__(self, ranks: torch.Tensor, num_relevant: torch.Tensor):
+        """Takes ownership of ``ranks`` (its padding is overwritten in place).  Holds two
+        (C, Rmax) tensors: 16 bytes per entry."""
         self.num_relevant = num_relevant
-        position = torch.arange(1, ranks.shape[1] + 1, device=ranks.device)
-        valid = position <= num_relevant.unsqueeze(1)  # (C, Rmax) True on real relevant items
+        num_rows, r_max = ranks.shape
+        position = torch.arange(1, r_max + 1, device=ranks.device)
+        invalid = position > num_relevant.unsqueeze(1)  # (C, Rmax) True on padding
         # padding pushed to the end so every row is sorted: counting ranks <= k is a searchsorted
-        self.ranks = ranks.masked_fill(~valid, torch.iinfo(torch.int64).max)
-        precision = torch.where(valid, position.double() / ranks.clamp_min(1).double(), 0.0)
-        zero = torch.zeros(ranks.shape[0], 1, dtype=torch.float64, device=ranks.device)
-        self._precision_cumsum = torch.cat([zero, precision.cumsum(dim=1)], dim=1)  # (C, Rmax + 1)
+        self.ranks = ranks.contiguous().masked_fill_(invalid, torch.iinfo(torch.int64).max)
+        # (C, Rmax + 1): column 0 is 0, column m + 1 = sum of P(r_j) over the first m + 1 relevant items
+        self._precision_cumsum = torch.zeros(num_rows, r_max + 1, dtype=torch.float64, device=ranks.device)
+        precision = self._precision_cumsum[:, 1:]
+        torch.div(position.double(), self.ranks, out=precision)  # P(r_m) = (m + 1) / r_m
+        precision.masked_fill_(invalid, 0.0)
+        del invalid
+        precision.cumsum_(dim=1)
         self._denominator = num_relevant.clamp_min(1).double()
 
     def hits_within(self, cutoff: torch.Tensor | int) -> torch.Tensor:
@@ -200,18 +261,25 @@ class RankStats:
 
 
 def cosine_rank_stats(query, query_labels, gallery, gallery_labels, leave_one_out, chunk_size):
-    """Yield (first_row, RankStats) for consecutive query chunks of at most ``chunk_size`` rows."""
+    """Yield (first_row, RankStats) for consecutive query chunks of at most ``chunk_size`` rows.
+
+    Nothing of a chunk but its RankStats outlives the chunk; a caller that drops each RankStats
+    before asking for the next one holds one chunk's memory at a time (see the module docstring).
+    """
     query_unit = F.normalize(query.float(), dim=1)
     gallery_unit = query_unit if leave_one_out else F.normalize(gallery.float(), dim=1)
     for start in range(0, query.shape[0], chunk_size):
         stop = min(start + chunk_size, query.shape[0])
-        scores = query_unit[start:stop] @ gallery_unit.T  # (C, G)
-        keys = descending_score_keys(scores)
-        del scores
+        keys = descending_score_keys(query_unit[start:stop] @ gallery_unit.T, consume=True)  # (C, G) int64
         relevant = query_labels[start:stop].unsqueeze(1) == gallery_labels.unsqueeze(0)  # (C, G)
         if leave_one_out:
             exclude_self(keys, start, relevant)
-        yield start, RankStats(*relevant_ranks(keys, relevant))
+        ranks, num_relevant = relevant_ranks(keys, relevant)
+        del keys, relevant
+        stats = RankStats(ranks, num_relevant)
+        del ranks
+        yield start, stats
+        del stats
 
 
 def mean_over(values: torch.Tensor, keep: torch.Tensor) -> float:
@@ -235,9 +303,12 @@ def per_query_average_precision(
     gallery: torch.Tensor | None = None,
     gallery_labels: torch.Tensor | None = None,
     chunk_size: int = 1024,
+    device: torch.device | str | None = None,
 ) -> torch.Tensor:
-    """AP of every query over the full cosine ranking: float64 (Q,), NaN where the query has no
-    relevant item.  Same definitions and calling convention as :func:`retrieval_metrics`."""
+    """AP of every query over the full cosine ranking: float64 (Q,) on the computing device, NaN
+    where the query has no relevant item.  Same definitions, calling convention, ``device`` and
+    memory bound as :func:`retrieval_metrics`."""
+    query, gallery = _to_device(query, gallery, device)
     query = check_embeddings(query, "query")
     query_labels, gallery, gallery_labels, loo = resolve_gallery(query, query_labels, gallery, gallery_labels)
     check_embeddings(gallery, "gallery")
@@ -246,7 +317,16 @@ def per_query_average_precision(
     for _, stats in cosine_rank_stats(query, query_labels, gallery, gallery_labels, loo, chunk_size):
         ap = stats.average_precision()
         parts.append(torch.where(stats.num_relevant > 0, ap, float("nan")))
+        del stats, ap  # one chunk alive at a time
     return torch.cat(parts)
+
+
+def _to_device(query, gallery, device):
+    """Move query (and gallery) to ``device`` (None: leave them where they are)."""
+    if device is None or not isinstance(query, torch.Tensor):
+        return query, gallery
+    device = resolve_device(device, query)
+    return query.to(device), (gallery.to(device) if isinstance(gallery, torch.Tensor) else gallery)
 
 
 def retrieval_metrics(
@@ -256,19 +336,25 @@ def retrieval_metrics(
     gallery_labels: torch.Tensor | None = None,
     ks: Sequence[int] = DEFAULT_KS,
     chunk_size: int = 1024,
+    device: torch.device | str | None = None,
 ) -> dict:
     """Retrieval report for float embeddings ranked by cosine similarity.
 
     query: (Q, D) float, query_labels: (Q,) int; gallery: (G, D) float and gallery_labels: (G,)
     int, or both None for leave-one-out over the query set.  ``ks``: cut-offs for P@k / R@k.
-    ``chunk_size``: queries processed at once (memory ~ chunk_size x G x 32 bytes); results do
-    not depend on it.
+    ``chunk_size``: queries processed at once; results do not depend on it.  ``device``: where
+    to compute (e.g. ``"cuda"``; inputs are moved there), default the query's device.
+
+    Peak extra memory (module docstring): at most ``4 D (Q + G) + 8 (3 + 2 len(ks)) Q +
+    chunk_size x G x (17 + 16 Rmax / G)`` bytes (<= ``... + chunk_size x G x 33``) + a few MiB,
+    Rmax the most relevant items of one query: linear in G for a fixed chunk size, never Q x G.
 
     Returns plain Python values: ``mAP``, ``mAP@R``, ``P@k`` and ``R@k`` for every k (fractions
     in [0, 1]), ``AP_per_class`` ({label: mean AP}), ``num_queries`` (queries averaged over) and
     ``num_queries_without_relevant`` (left out of every mean).  See the module docstring for
     the exact definitions.
     """
+    query, gallery = _to_device(query, gallery, device)
     query = check_embeddings(query, "query")
     query_labels, gallery, gallery_labels, loo = resolve_gallery(query, query_labels, gallery, gallery_labels)
     check_embeddings(gallery, "gallery")
@@ -285,6 +371,7 @@ def retrieval_metrics(
         for k in ks:
             columns[f"P@{k}"].append(stats.precision_at(k))
             columns[f"R@{k}"].append(stats.recall_at(k))
+        del stats  # one chunk alive at a time
     per_query = {name: torch.cat(parts) for name, parts in columns.items()}
     keep = require_some_relevant(per_query["num_relevant"])
 
