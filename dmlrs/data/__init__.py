@@ -11,9 +11,11 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "build": ("DataBundle", "DataPlan", "build_data", "describe_data", "prepare_data"),
+    "build": ("DataBundle", "DataPlan", "INPUT_PIPELINES", "build_data", "describe_data", "prepare_data"),
     "dataset": ("SceneDataset",),
     "demo": ("DEMO_CLASSES", "DemoImageLoader", "demo_samples", "render_demo_image"),
+    "gpu_augment": ("AugmentParams", "augment_batch", "finish_images"),
+    "image_cache": ("ensure_image_cache",),
     "images": ("UnreadableImageError", "load_rgb"),
     "noise": ("NOISE_TYPES", "apply_label_noise", "transition_matrix"),
     "scan": ("CorruptImagesError", "SceneIndex", "scan_dataset"),

@@ -48,6 +48,9 @@ logger = logging.getLogger(__name__)
 
 DEMO_NAME = "demo"
 PAPER_IMAGE_SIZE = 256
+#: ``--input-pipeline``: "cached" (decoded-image cache + batched augmentation on the device) or
+#: "pil" (the reference: decode, resize and augment every image with PIL in the loader)
+INPUT_PIPELINES = ("cached", "pil")
 _SEMI_KEYS = ("train_per", "transductive", "labelled", "unlabelled", "unlabelled_source")
 
 
@@ -109,6 +112,7 @@ class DataBundle:
     skipped: list[str] = field(default_factory=list)
     skip_reasons: dict[str, str] = field(default_factory=dict)  # skipped file -> why it is unreadable
     notes: list[str] = field(default_factory=list)  # what was checked and how (not problems)
+    input_pipeline: str = "pil"  # "cached": images are uint8 (+ "augment" parameters), finished on the device
 
     def summary(self) -> str:
         """Human-readable report: classes, images per class, split sizes, noise, problems."""
@@ -177,7 +181,8 @@ def build_data(dataset: str = DEMO_NAME, data: str | Path | None = None, *, img_
                transductive: bool = False, noise_type: str | None = None, noise_rate: float = 0.0,
                skip_corrupt: bool = False, verify: str = "header", check_duplicates: bool = False,
                split_protocol: str = DEFAULT_PROTOCOL, workers: int | None = None, progress: bool = False,
-               use_cache: bool = True) -> DataBundle:
+               use_cache: bool = True, input_pipeline: str = "pil", cache_progress: bool | None = None
+               ) -> DataBundle:
     """Scan, split, (semi-supervise,) (add noise,) and wrap a dataset; see :class:`DataBundle`.
 
     ``dataset="demo"`` needs no ``data``.  ``img_size=None`` -> 256 (the papers) for real
@@ -194,12 +199,23 @@ def build_data(dataset: str = DEMO_NAME, data: str | Path | None = None, *, img_
     one ``DmlrsError`` listing them; with ``skip_corrupt`` they are left out of a fresh split, and
     every dataset replaces an image that fails later (e.g. truncated past its header) by another
     of its class, with ``"replaced": True`` in the sample (see :class:`SceneDataset`).
+
+    ``input_pipeline``: ``"pil"`` (default here; the reference: every ``dataset[i]`` decodes,
+    resizes and augments with PIL and returns a float tensor) or ``"cached"`` (the training
+    scripts' default): every image of the manifest is resized once into the decoded-image cache
+    (:mod:`dmlrs.data.image_cache`; built or updated now, a bar when ``cache_progress`` or, with
+    None, when stderr is a terminal), datasets return its uint8 pixels, training splits add
+    their augmentation parameters (``"augment"``), and the engine finishes the images on the
+    device (:func:`dmlrs.data.gpu_augment.finish_images`). An image the cache build cannot
+    decode stops here (one ``CorruptImagesError`` listing them) unless ``skip_corrupt``.
     """
     import torch  # here, not at the top: prepare_data (python -m dmlrs.data) needs no torch
 
     from dmlrs.data.dataset import SceneDataset
     from dmlrs.data.transforms import build_transforms
 
+    if input_pipeline not in INPUT_PIPELINES:
+        raise DmlrsError(f"--input-pipeline must be one of {', '.join(INPUT_PIPELINES)}, not {input_pipeline!r}")
     if img_size is None:
         img_size = DEMO_SIZE if str(dataset).lower() == DEMO_NAME else PAPER_IMAGE_SIZE
     train_tf, eval_tf = build_transforms(img_size)
@@ -209,7 +225,11 @@ def build_data(dataset: str = DEMO_NAME, data: str | Path | None = None, *, img_
                         check_duplicates=check_duplicates, split_protocol=split_protocol, workers=workers,
                         progress=progress, use_cache=use_cache)
     root, manifest = plan.root, plan.manifest
-    reading = {"loader": plan.loader, "skip_corrupt": skip_corrupt, "check_command": plan.check_command}
+    loader = plan.loader
+    if input_pipeline == "cached":
+        loader = _cached_loader(plan, train_tf, skip_corrupt=skip_corrupt, workers=workers, progress=cache_progress)
+        train_tf, eval_tf = _cached_transforms(train_tf)
+    reading = {"loader": loader, "skip_corrupt": skip_corrupt, "check_command": plan.check_command}
     unlabelled = None
     if plan.pool_items is not None:
         unlabelled = SceneDataset(root, plan.pool_items, train_tf, labels=[-1] * len(plan.pool_items), **reading)
@@ -226,8 +246,44 @@ def build_data(dataset: str = DEMO_NAME, data: str | Path | None = None, *, img_
         train_clean_labels=torch.tensor(plan.train_clean, dtype=torch.long),
         manifest=manifest, manifest_hash=plan.manifest_hash, noise=plan.noise,
         warnings=plan.warnings, duplicates=plan.duplicates, skipped=plan.skipped, skip_reasons=plan.skip_reasons,
-        notes=plan.notes,
+        notes=plan.notes, input_pipeline=input_pipeline,
     )
+
+
+def _cached_transforms(reference_train):
+    """(train, eval) transforms of the cached pipeline: draw the parameters of the reference's
+    augmentation / nothing (the engine finishes uint8 images on the device)."""
+    from dmlrs.data.gpu_augment import AugmentParams
+
+    return AugmentParams(reference_train), None
+
+
+def _cached_loader(plan: DataPlan, reference_train, *, skip_corrupt: bool, workers, progress):
+    """The decoded-image cache of every image of ``plan``'s manifest (built or updated now)."""
+    from dmlrs.data.image_cache import demo_source, ensure_image_cache, folder_source
+    from dmlrs.data.scan import CorruptImagesError
+
+    keys = sorted(_distinct_images(plan.manifest))
+    if plan.root is None:
+        source = demo_source(keys, plan.loader)
+    else:
+        source = folder_source(plan.name, plan.root, keys, plan.loader)
+    resize = reference_train.transforms[0]  # the reference's own Resize((s, s))
+    loader, report = ensure_image_cache(source, plan.image_size, resize, workers=workers, progress=progress)
+    loader.array()  # mapped now: the file may be replaced later, these pixels stay
+    plan.notes.append(report.note())
+    if report.built:
+        logger.info(report.note())
+    if report.bad:
+        bad = sorted(report.bad.items())
+        if not skip_corrupt:
+            raise CorruptImagesError.for_files(plan.root, bad) if plan.root is not None else DmlrsError(
+                f"cannot generate demo images: {bad[:3]}")
+        plan.warnings.append(f"--skip-corrupt: {len(bad)} image(s) could not be decoded when caching and are "
+                             f"replaced by another image of their class: "
+                             + ", ".join(f"{rel} ({why})" for rel, why in bad[:5])
+                             + (f", ... ({len(bad)} in all)" if len(bad) > 5 else ""))
+    return loader
 
 
 def prepare_data(dataset: str = DEMO_NAME, data: str | Path | None = None, *, img_size: int | None = None,

@@ -2,7 +2,11 @@
 
 ``SceneDataset(root, items, transform)[i]`` returns
 ``{"image": Tensor (3, s, s), "label": int, "index": i}`` and, when ``clean_labels`` are
-given (label noise on), ``"clean_label": int`` too.  ``index`` is the position in THIS split
+given (label noise on), ``"clean_label": int`` too.  A transform may return a dict holding
+``"image"`` and further entries, which join the sample (the cached pipeline's training
+transform adds ``"augment"``, the image's augmentation parameters; see
+:mod:`dmlrs.data.gpu_augment`).  With the cached pipeline the loader returns the cached uint8
+``(3, s, s)`` tensor (:class:`dmlrs.data.image_cache.CachedImages`).  ``index`` is the position in THIS split
 (0..len-1): the per-sample memory bank is indexed by it.  Images are read lazily by
 ``loader(root / relpath)`` (``loader(relpath)`` when ``root`` is None, e.g. the demo).
 
@@ -123,9 +127,13 @@ class SceneDataset(Dataset):
                 self._warned.add(i)
                 logger.warning("--skip-corrupt: unreadable image %s (%s) replaced by %s of the same class",
                                self.path(i), self._unreadable[i], self.path(j))
+        extra = {}
         if self.transform is not None:
             image = self.transform(image)
-        sample = {"image": image, "label": self.labels[i], "index": i}
+            if isinstance(image, dict):  # e.g. the cached pipeline: the image and its augmentation parameters
+                extra = dict(image)
+                image = extra.pop("image")
+        sample = {"image": image, **extra, "label": self.labels[i], "index": i}
         if self.clean_labels is not None:
             sample["clean_label"] = self.clean_labels[i]
         if self.skip_corrupt:

@@ -4,6 +4,11 @@ train: Resize((s, s)) -> RandomGrayscale(p=0.2) -> ColorJitter(0.4, 0.4, 0.4, 0.
        -> RandomHorizontalFlip() -> ToTensor() -> Normalize(ImageNet mean, std)
 eval:  Resize((s, s)) -> ToTensor() -> Normalize(ImageNet mean, std)
 Output: float tensor (3, s, s).  The papers use s = 256.
+
+These are the reference (``--input-pipeline pil``). The default ``--input-pipeline cached`` keeps
+the ``Resize`` output in a decoded-image cache (:mod:`dmlrs.data.image_cache`) and applies the
+rest as batched tensor ops on the training device (:mod:`dmlrs.data.gpu_augment`), with the same
+parameters and bit-identical results.
 """
 from __future__ import annotations
 

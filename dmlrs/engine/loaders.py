@@ -11,14 +11,41 @@
   it. The images a step sees are thus the same whatever ``num_workers`` is and wherever the run
   was resumed.
 * Nothing here consumes the main process's global RNGs (loaders get their own generators).
+* Loader processes are **persistent**: with ``num_workers > 0`` the loader of a dataset (one per
+  dataset, kind -- training stream or evaluation pass -- and settings) is made once and reused by
+  later calls, which only swap its batches (:class:`_CurrentBatches`), so workers are not
+  re-created every epoch and every validation. A worker keeps the copy of the dataset it got
+  when it started: everything a dataset reads must be fixed when its loader first runs (true of
+  ``SceneDataset``: items, labels -- noisy ones included -- and transforms are set at
+  construction; per-epoch state such as t-RNSL's sample weights lives in the method, in the main
+  process; the draw seeds travel with each index). A loader lives as long as its dataset (it
+  holds it weakly) and at most :data:`MAX_PERSISTENT_LOADERS` are kept.
+* With the cached input pipeline a batch holds uint8 images (plus, for training streams, their
+  augmentation parameters ``"augment"``); the engine finishes it on the training device with
+  :func:`dmlrs.data.gpu_augment.finish_images`. The loaders plan that work in the main process
+  (:func:`dmlrs.data.gpu_augment.attach_params`: the plan rides on the image tensor, so the image
+  tensor alone -- e.g. the unlabelled stream's ``batch["image"]`` -- says how to finish it, and
+  finishing needs no host-device sync). Where the training device is the CPU itself -- workers
+  and no pinned memory (pinning is asked for CUDA only) -- each worker finishes its own batch
+  instead (:func:`finish_in_worker`), one thread per worker, in parallel as the PIL transforms
+  ran: the main process's cores are the model's. The values are the same either way.
 """
 from __future__ import annotations
 
-import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler, SequentialSampler
+import threading
+import weakref
+from collections import OrderedDict
 
+import torch
+from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler, SequentialSampler, default_collate
+
+from dmlrs.data.gpu_augment import PARAMS_KEY, attach_params, augment_batch, eval_images
 from dmlrs.engine.seeding import (REFRESH_STREAM, TRAIN_STREAM, draw_seed, isolated_rng, pass_seed,
                                   worker_init_fn)
+
+#: persistent loaders kept at once: those a run uses every epoch (train + unlabelled or the t-RNSL
+#: refresh, train_eval, val); the test pass at the end replaces the least recently used one
+MAX_PERSISTENT_LOADERS = 4
 
 
 class ShuffledBatches(Sampler[list[int]]):
@@ -108,7 +135,8 @@ class SeededBatches(Sampler[list[tuple[int, int]]]):
 
 class SeededDataset(Dataset):
     """``dataset[(index, seed)]`` = ``dataset[index]`` loaded with the RNGs of the current process
-    (worker or main) seeded from ``seed`` and restored afterwards."""
+    (worker or main) seeded from ``seed`` and restored afterwards. ``seed`` None: plain
+    ``dataset[index]`` (an un-augmented evaluation pass)."""
 
     def __init__(self, dataset: Dataset):
         self.dataset = dataset
@@ -116,36 +144,160 @@ class SeededDataset(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, key: tuple[int, int]):
+    def __getitem__(self, key: tuple[int, int | None]):
         index, seed = key
+        if seed is None:
+            return self.dataset[index]
         with isolated_rng(seed):
             return self.dataset[index]
 
 
+class _WeakSeededDataset(SeededDataset):
+    """A :class:`SeededDataset` that holds its dataset weakly in the process that made it, so a
+    persistent loader does not keep its dataset alive. Worker processes get the dataset itself
+    (forked memory, or pickled strongly)."""
+
+    def __init__(self, dataset: Dataset):
+        self._ref = weakref.ref(dataset)
+
+    @property
+    def dataset(self) -> Dataset:
+        dataset = self._ref()
+        if dataset is None:
+            raise RuntimeError("the dataset of this persistent loader no longer exists")
+        return dataset
+
+    def __reduce__(self):
+        return SeededDataset, (self.dataset,)
+
+
+class _CurrentBatches(Sampler):
+    """The batch sampler of a persistent loader: iterates whatever batches were set last."""
+
+    def __init__(self):
+        self.batches = ()
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+class _UnseededBatches(Sampler):
+    """``(index, None)`` pairs of plain batches (no augmentation seeds)."""
+
+    def __init__(self, batches):
+        self.batches = batches
+
+    def __iter__(self):
+        for batch in self.batches:
+            yield [(int(index), None) for index in batch]
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def finish_in_worker(samples):
+    """``collate_fn`` of loaders whose workers finish cached batches (CPU training): uint8 images
+    become augmented (``"augment"`` present) or normalised float images, written straight into
+    the shared-memory batch from each sample's cached pixels (no uint8 batch is stacked first)."""
+    first = samples[0] if samples else None
+    if not (isinstance(first, dict) and torch.is_tensor(first.get("image")) and first["image"].dtype == torch.uint8):
+        return default_collate(samples)
+    images = [sample["image"] for sample in samples]
+    batch = default_collate([{k: v for k, v in sample.items() if k != "image"} for sample in samples])
+    params = batch.pop(PARAMS_KEY, None)
+    batch["image"] = eval_images(images) if params is None else augment_batch(images, params)
+    return batch
+
+
+class LoaderRun:
+    """One pass of a (possibly persistent) loader over the batches given: iterate it like a
+    ``DataLoader``. Batches still holding augmentation parameters get their finishing plan
+    attached to the image tensor (module doc)."""
+
+    def __init__(self, loader: DataLoader, batches: Sampler, current: _CurrentBatches | None = None):
+        self.loader, self.batches, self._current = loader, batches, current
+
+    def __iter__(self):
+        if self._current is not None:
+            self._current.batches = self.batches
+        pin = bool(self.loader.pin_memory)
+        for batch in self.loader:
+            yield attach_params(batch, pin_memory=pin)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+_PERSISTENT: "OrderedDict[tuple, tuple[weakref.ref, DataLoader, _CurrentBatches]]" = OrderedDict()
+_LOCK = threading.Lock()
+
+
+def _loader(dataset: Dataset, batches: Sampler, *, kind: str, num_workers: int, pin_memory: bool,
+            generator_seed: int) -> LoaderRun:
+    """A loader over ``batches`` of ``(index, seed)`` pairs, with persistent workers when there are
+    workers (one loader per dataset, kind and settings, reused by later calls)."""
+    finish_here = num_workers > 0 and not pin_memory  # the CPU is the training device (module doc)
+
+    def make(wrapped, batch_sampler, persistent):
+        return DataLoader(wrapped, batch_sampler=batch_sampler, num_workers=num_workers,
+                          generator=torch.Generator().manual_seed(generator_seed), worker_init_fn=worker_init_fn,
+                          pin_memory=pin_memory, persistent_workers=persistent,
+                          collate_fn=finish_in_worker if finish_here else default_collate)
+
+    if num_workers <= 0:
+        return LoaderRun(make(SeededDataset(dataset), batches, False), batches)
+    try:
+        ref = weakref.ref(dataset)
+    except TypeError:  # not weakly referable: a loader per call
+        return LoaderRun(make(SeededDataset(dataset), batches, False), batches)
+    key = (id(dataset), kind, num_workers, bool(pin_memory))
+    with _LOCK:
+        for stale in [k for k, (r, _, _) in _PERSISTENT.items() if r() is None]:
+            del _PERSISTENT[stale]  # its dataset is gone: the loader and its workers go too
+        entry = _PERSISTENT.get(key)
+        if entry is None or entry[0]() is not dataset:
+            current = _CurrentBatches()
+            entry = (ref, make(_WeakSeededDataset(dataset), current, True), current)
+            _PERSISTENT[key] = entry
+            while len(_PERSISTENT) > MAX_PERSISTENT_LOADERS:
+                _PERSISTENT.popitem(last=False)
+        _PERSISTENT.move_to_end(key)
+    return LoaderRun(entry[1], batches, entry[2])
+
+
+def release_loaders() -> None:
+    """Drop every persistent loader (their worker processes exit)."""
+    with _LOCK:
+        _PERSISTENT.clear()
+
+
 def train_loader(dataset: Dataset, batch_size: int, *, seed: int, num_workers: int,
                  batch_sampler: Sampler | None = None, skip_batches: int = 0,
-                 pin_memory: bool = False, stream: int = TRAIN_STREAM) -> DataLoader:
+                 pin_memory: bool = False, stream: int = TRAIN_STREAM) -> LoaderRun:
     """Batches of ``batch_sampler`` (default: :class:`ShuffledBatches` seeded with ``seed``)
     without the first ``skip_batches``, each image augmented under its draw seed of
-    ``(seed, stream, position in the epoch)``."""
+    ``(seed, stream, position in the epoch)``. Workers persist across calls (module doc)."""
     if batch_sampler is None:
         batch_sampler = ShuffledBatches(len(dataset), batch_size, torch.Generator().manual_seed(seed))
     batches = SeededBatches(batch_sampler, seed, stream)
     if skip_batches:
         batches = SkipFirst(batches, skip_batches)
-    return DataLoader(SeededDataset(dataset), batch_sampler=batches, num_workers=num_workers,
-                      generator=torch.Generator().manual_seed(seed), worker_init_fn=worker_init_fn,
-                      pin_memory=pin_memory, persistent_workers=False)
+    return _loader(dataset, batches, kind=f"train-{stream}", num_workers=num_workers, pin_memory=pin_memory,
+                   generator_seed=seed)
 
 
 def eval_loader(dataset: Dataset, batch_size: int, *, num_workers: int, pin_memory: bool = False,
-                seed: int | None = None, stream: int = REFRESH_STREAM) -> DataLoader:
+                seed: int | None = None, stream: int = REFRESH_STREAM) -> LoaderRun:
     """The dataset in order. With ``seed`` each image is loaded under its draw seed of
-    ``(seed, stream, index)`` (a refresh pass over augmented training images)."""
-    generator = torch.Generator().manual_seed(0)  # keeps the global RNG out of DataLoader's worker seeds
+    ``(seed, stream, index)`` (a refresh pass over augmented training images). Workers persist
+    across calls (module doc)."""
+    in_order = BatchSampler(SequentialSampler(range(len(dataset))), batch_size, drop_last=False)
     if seed is None:
-        return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                          worker_init_fn=worker_init_fn, pin_memory=pin_memory, generator=generator)
-    batches = SeededBatches(BatchSampler(SequentialSampler(dataset), batch_size, drop_last=False), seed, stream)
-    return DataLoader(SeededDataset(dataset), batch_sampler=batches, num_workers=num_workers,
-                      worker_init_fn=worker_init_fn, pin_memory=pin_memory, generator=generator)
+        batches = _UnseededBatches(in_order)
+    else:
+        batches = SeededBatches(in_order, seed, stream)
+    return _loader(dataset, batches, kind="eval" if seed is None else f"eval-{stream}", num_workers=num_workers,
+                   pin_memory=pin_memory, generator_seed=0)
