@@ -13,7 +13,9 @@ Contents written by the trainer (see ``Trainer.state_dict``; format 2): ``format
 ``record`` (the metrics.jsonl record of epoch ``epoch``), ``skipped_nonfinite`` (steps skipped
 over the run), ``method`` (model, EMA, memory, loss parameters), ``model`` (the embedding model
 alone, so ``--weights PATH`` can load it), ``optimizer``, ``scheduler``, ``scaler``, ``rng``,
-``best_score``, ``best_epoch``, ``manifest_hash``. Format 1 files (no ``epoch_started``,
+``best_score``, ``best_epoch``, ``manifest_hash``, and what the checkpoint needs to be used on its
+own: ``model_spec`` (``build_model`` arguments), ``method_name``, ``hashing``, ``classes``,
+``image_size`` (absent in older files: ``dmlrs.retrieve`` then reads the run's config.json). Format 1 files (no ``epoch_started``,
 ``epoch_totals``, ``record``, ``skipped_nonfinite``) still load.
 """
 from __future__ import annotations

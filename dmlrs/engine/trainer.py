@@ -182,6 +182,12 @@ class Trainer:
             "best_score": self.best_score,
             "best_epoch": self.best_epoch,
             "manifest_hash": self.data.manifest_hash,
+            # what a checkpoint needs to be used on its own (python -m dmlrs.retrieve)
+            "model_spec": self.method.model.build_kwargs(),
+            "method_name": self.method.name,
+            "hashing": self.method.hashing,
+            "classes": list(self.data.classes),
+            "image_size": int(self.data.image_size),
         }
 
     def load_state_dict(self, state: dict, *, source: str = "checkpoint") -> None:

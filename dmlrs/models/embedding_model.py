@@ -64,6 +64,12 @@ class EmbeddingModel(nn.Module):
         """Unit-norm embeddings ``(B, dim)`` (float32), skipping the class head."""
         return self._normalise(self._head_output(images))
 
+    def build_kwargs(self) -> dict:
+        """The ``build_model`` arguments that rebuild this architecture (checkpoints store them,
+        so ``python -m dmlrs.retrieve`` can rebuild the model from a checkpoint alone)."""
+        return {"backbone": self.backbone_name, "dim": self.dim, "head": self.head,
+                "num_classes": self.num_classes, "standardize": self.standardize}
+
     def extra_repr(self) -> str:
         return (f"backbone_name={self.backbone_name!r}, feature_dim={self.feature_dim}, "
                 f"dim={self.dim}, head={self.head!r}, num_classes={self.num_classes}, "
