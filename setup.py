@@ -21,5 +21,6 @@ setup(
         "Pillow>=9.0",
         "matplotlib>=3.7",
     ],
-    extras_require={"test": ["pytest>=7"]},
+    extras_require={"test": ["pytest>=7"], "pml": ["pytorch-metric-learning"],
+                    "faiss": ["faiss-cpu"]},
 )
