@@ -10,26 +10,35 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from dmlrs import cli  # noqa: E402
+from dmlrs import cli, loss_option  # noqa: E402
 from dmlrs.methods.snca_ce import SNCACE  # noqa: E402
 
 #: paper defaults that differ from the shared ones in dmlrs/cli.py
 DEFAULTS = {}
+#: what --loss replaces: the SNCA term (its flags --temperature/--margin configure it)
+LOSS_TERM = loss_option.LossTerm("snca", ("temperature", "margin"), SNCACE.LOSS_CONTEXT, "train_SNCA_CE_MC/main.py",
+                                 keeps="the CE term, --lambda_ (weighting the new term) and the memory updates")
 
 
 def add_arguments(group):
     cli.add_snca_arguments(group)
     cli.add_ema_arguments(group)
+    loss_option.add_loss_arguments(group, LOSS_TERM)
+
+
+def check_args(args, given):
+    loss_option.check_loss_arguments(args, given, LOSS_TERM)
 
 
 def build(args, data):
     model = cli.model_from_args(args, num_classes=data.num_classes)
     return SNCACE(model, data.train_labels, memory_mode="momentum", temperature=args.temperature,
-                  margin=args.margin, lambda_=args.lambda_, ema_decay=args.ema, ema_bn=args.ema_bn)
+                  margin=args.margin, lambda_=args.lambda_, ema_decay=args.ema, ema_bn=args.ema_bn,
+                  loss=loss_option.loss_choice(args, LOSS_TERM), num_classes=data.num_classes)
 
 
 def main(argv=None) -> int:
-    return cli.main("SNCA_CE_MC", __doc__, add_arguments, build, defaults=DEFAULTS, argv=argv)
+    return cli.main("SNCA_CE_MC", __doc__, add_arguments, build, defaults=DEFAULTS, argv=argv, check_args=check_args)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from dmlrs import cli  # noqa: E402
+from dmlrs import cli, loss_option  # noqa: E402
 from dmlrs.data.samplers import ClassBalancedBatchSampler  # noqa: E402
 from dmlrs.errors import DmlrsError  # noqa: E402
 from dmlrs.methods.srl import SRL  # noqa: E402
@@ -31,6 +31,10 @@ DEFAULT_CLASSES_PER_BATCH = 8
 DEFAULT_LR = 0.01  # assumed: the papers' 0.1 at batch 256, scaled to C x K = 32
 #: C >= 2 (a batch needs negatives) and K >= 2 (positives)
 AT_LEAST_TWO = cli.interval(2, integer=True, why=" (SRL needs positive and negative pairs in every batch)")
+#: what --loss replaces: the whole SRL loss (its flags --alpha/--margin/--temperature/--lambda_ configure it)
+LOSS_TERM = loss_option.LossTerm("srl", ("alpha", "margin", "temperature", "lambda_"), SRL.LOSS_CONTEXT,
+                                 "train_SRL/main.py", keeps="the C x K batches (--classes-per-batch, "
+                                 "--images-per-class) and everything else")
 
 
 def add_arguments(group):
@@ -45,6 +49,7 @@ def add_arguments(group):
     cli.add_temperature_argument(group, 10.0, "T of the negative weights exp(T (alpha - d)) (paper)")
     group.add_argument("--lambda_", "--lambda", dest="lambda_", type=cli.non_negative_float, default=1.0,
                        help="weight of the negative part (assumed)")
+    loss_option.add_loss_arguments(group, LOSS_TERM)
 
 
 def resolve_classes_per_batch(args, num_classes: int) -> None:
@@ -57,7 +62,9 @@ def resolve_classes_per_batch(args, num_classes: int) -> None:
 
 
 def check_args(args, given):
-    """Before any work: the margin fits inside alpha; -b does not size SRL's training batches (a note)."""
+    """Before any work: the --loss flags; the margin fits inside alpha; -b does not size SRL's training
+    batches (a note)."""
+    loss_option.check_loss_arguments(args, given, LOSS_TERM)
     if not args.margin < args.alpha:
         raise DmlrsError(f"--margin {args.margin:g} must be smaller than --alpha {args.alpha:g}: positives are pulled "
                          "inside alpha - margin (the paper: alpha 1.2, margin 0.4)")
@@ -97,7 +104,8 @@ def build(args, data):
     check_batches(args, data)
     model = cli.model_from_args(args)
     return SRL(model, classes_per_batch=args.classes_per_batch, images_per_class=args.images_per_class,
-               alpha=args.alpha, margin=args.margin, temperature=args.temperature, lambda_=args.lambda_)
+               alpha=args.alpha, margin=args.margin, temperature=args.temperature, lambda_=args.lambda_,
+               loss=loss_option.loss_choice(args, LOSS_TERM), num_classes=data.num_classes)
 
 
 def main(argv=None) -> int:

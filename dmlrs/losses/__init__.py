@@ -11,6 +11,14 @@ not given fall through to each loss's paper defaults (timm's factory style).
 | cdne           | CDNELoss                  | Kang et al. JSTARS 2020                     |
 | trnsl          | RobustNormSoftmaxLoss     | Kang et al. TGRS 2021                       |
 | srl            | SimilarityRetentionLoss   | Zhao et al. ISPRS IJGI 2020                 |
+| pml:ClassName  | PMLLoss (pml.py) around any pytorch-metric-learning loss (optional extra)  |
+
+Adding a loss (docs/adding_a_loss.md): one file here with ``forward(embeddings, labels, *,
+indices=None)``, one entry in ``LOSSES``; ``--loss NAME --loss-args key=value,...`` then trains it
+in place of the metric-learning term of train_SNCA_CE, train_SNCA_CE_MC and train_SRL. A loss
+receives what it needs by naming it in its constructor (``memory``, ``memory_labels``,
+``num_samples``, ``num_classes``, ``dim``/``embedding_size``); its other simple parameters are
+its options (``dmlrs/losses/choice.py``).
 """
 from torch import nn
 
@@ -40,4 +48,6 @@ def build_loss(name: str, **kwargs) -> nn.Module:
     return cls(**{key: value for key, value in kwargs.items() if value is not None})
 
 
-__all__ = ["LOSSES", "build_loss", *sorted(cls.__name__ for cls in LOSSES.values())]
+from dmlrs.losses.choice import LossChoice, resolve_loss  # noqa: E402  (reads LOSSES at call time)
+
+__all__ = ["LOSSES", "LossChoice", "build_loss", "resolve_loss", *sorted(cls.__name__ for cls in LOSSES.values())]

@@ -10,13 +10,18 @@ head. The memory holds one slot per training image and is filled either by momen
 script has no such flag: lambda = 1); ``lambda = 0`` is the plain softmax (CE) baseline.
 Paper defaults: T = 0.05, lambda = 1, memory momentum 0.5 -> 0.8 at epoch 80 -> 0.9 at epoch
 120, EMA 0.999 with batch-statistics batch norm.
+
+``loss`` (a :class:`~dmlrs.losses.LossChoice`, ``--loss``) replaces L_SNCA by another loss of
+(embeddings, labels): ``L = lambda * L_loss(f) + CE``, the memory, its updates and the rest
+unchanged. The loss may name in its constructor what this method gives (``LOSS_CONTEXT``: the
+memory bank and its slot labels, the training-set size, the class count, the embedding size).
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from dmlrs.losses import build_loss
+from dmlrs.losses import LossChoice
 from dmlrs.memory import MemoryBank
 from dmlrs.methods.base import EpochContext, Method
 from dmlrs.methods.memory_writer import MemoryWriter
@@ -27,28 +32,45 @@ MOMENTUM_SCHEDULE = {80: 0.8, 120: 0.9}
 
 class SNCACE(Method):
     name = "SNCA_CE"
+    #: what a loss replacing the SNCA term may name in its constructor (dmlrs/losses/choice.py)
+    LOSS_CONTEXT = ("memory", "memory_labels", "num_samples", "num_classes", "dim", "embedding_size")
 
     def __init__(self, model: EmbeddingModel, train_labels: torch.Tensor, *, memory_mode: str = "bank",
                  temperature: float = 0.05, margin: float = 0.0, lambda_: float = 1.0,
-                 memory_momentum: float = 0.5, ema_decay: float = 0.999, ema_bn: str = "train"):
+                 memory_momentum: float = 0.5, ema_decay: float = 0.999, ema_bn: str = "train",
+                 loss: LossChoice | None = None, num_classes: int | None = None):
         super().__init__()
         self.model = model
         self.lambda_ = lambda_
         memory = MemoryBank(len(train_labels), model.dim, momentum=memory_momentum,
                             schedule=MOMENTUM_SCHEDULE)
         self.writer = MemoryWriter(memory, memory_mode, model, ema_decay, ema_bn=ema_bn)
-        self.snca = build_loss("snca", memory=memory, memory_labels=train_labels,
-                               temperature=temperature, margin=margin)
         self.name = "SNCA_CE" if memory_mode == "bank" else "SNCA_CE_MC"
+        loss = loss or LossChoice("snca", {"temperature": temperature, "margin": margin})
+        context = {"memory": memory, "memory_labels": train_labels, "num_samples": len(train_labels),
+                   "num_classes": num_classes or int(torch.as_tensor(train_labels).max()) + 1,
+                   "dim": model.dim, "embedding_size": model.dim}
+        self.term = loss.part_name  # its key among the logged loss parts
+        term = loss.build(context, where=self.name)
+        # the paper's term keeps its checkpoint name ("snca."); a replacement is "metric_loss."
+        setattr(self, "snca" if self.term == "snca" else "metric_loss", term)
+
+    @property
+    def metric_term(self) -> torch.nn.Module:
+        """The metric-learning term: SNCA, or the loss that replaced it."""
+        return self.snca if self.term == "snca" else self.metric_loss
 
     def training_step(self, batch: dict) -> dict[str, torch.Tensor]:
         images, labels, indices = batch["image"], batch["label"], batch["index"]
         self.writer.prepare(self.model, images)
         out = self.model(images)
-        snca = self.snca(out["embedding"], labels, indices=indices)
+        loss = self.metric_term
+        term = loss(out["embedding"], labels, indices=indices)
         ce = F.cross_entropy(out["logits"].float(), labels)
         self.writer.remember(indices, out["embedding"])
-        return {"loss": self.lambda_ * snca + ce, "snca": snca.detach(), "ce": ce.detach()}
+        logs = getattr(loss, "last_logs", {})  # a replacement's own parts (e.g. PML's mined_tuples)
+        extra = {key: value for key, value in logs.items() if key not in ("loss", "ce", self.term)}
+        return {"loss": self.lambda_ * term + ce, self.term: term.detach(), "ce": ce.detach(), **extra}
 
     def after_optimizer_step(self) -> None:
         self.writer.write()

@@ -4,34 +4,56 @@ Sensing Image Retrieval", ISPRS Int. J. Geo-Inf. 2020).
 Batches hold C classes x K images (``--classes-per-batch``, ``--images-per-class``); the loss
 ranks each query's batch by Euclidean distance, mines hard positives/negatives and weights them
 (see ``dmlrs/losses/srl.py``). The paper's best backbone is ResNet50.
+
+``loss`` (a :class:`~dmlrs.losses.LossChoice`, ``--loss``) trains another loss of (embeddings,
+labels) on the same C x K batches instead: the papers' baselines (Triplet, N-pair-mc, Proxy-NCA,
+Lifted Structure) from pytorch-metric-learning. It may name in its constructor what this method
+gives (``LOSS_CONTEXT``: the class count and the embedding size).
 """
 from __future__ import annotations
 
 import torch
 
 from dmlrs.data.samplers import ClassBalancedBatchSampler
-from dmlrs.losses import build_loss
+from dmlrs.losses import LossChoice
 from dmlrs.methods.base import Method
 from dmlrs.models import EmbeddingModel
 
 
 class SRL(Method):
     name = "SRL"
+    #: what a loss replacing SRL may name in its constructor (dmlrs/losses/choice.py)
+    LOSS_CONTEXT = ("num_classes", "dim", "embedding_size")
 
     def __init__(self, model: EmbeddingModel, *, classes_per_batch: int = 8, images_per_class: int = 4,
                  alpha: float = 1.2, margin: float = 0.4, temperature: float = 10.0,
-                 lambda_: float = 1.0):
+                 lambda_: float = 1.0, loss: LossChoice | None = None, num_classes: int | None = None):
         super().__init__()
         self.model = model
         self.classes_per_batch = classes_per_batch
         self.images_per_class = images_per_class
-        self.srl = build_loss("srl", alpha=alpha, margin=margin, temperature=temperature,
-                              lambda_=lambda_)
+        loss = loss or LossChoice("srl", {"alpha": alpha, "margin": margin, "temperature": temperature,
+                                          "lambda_": lambda_})
+        context = {"dim": model.dim, "embedding_size": model.dim}
+        if num_classes is not None:
+            context["num_classes"] = num_classes
+        self.term = loss.part_name  # its key among the logged loss parts (SRL logs its own parts)
+        term = loss.build(context, where=self.name)
+        # the paper's loss keeps its checkpoint name ("srl."); a replacement is "metric_loss."
+        setattr(self, "srl" if self.term == "srl" else "metric_loss", term)
+
+    @property
+    def metric_term(self) -> torch.nn.Module:
+        """The loss: SRL, or the one that replaced it."""
+        return self.srl if self.term == "srl" else self.metric_loss
 
     def training_step(self, batch: dict) -> dict[str, torch.Tensor]:
         embeddings = self.model(batch["image"])["embedding"]
-        loss = self.srl(embeddings, batch["label"])
-        return {"loss": loss, **self.srl.last_logs}
+        loss_module = self.metric_term
+        loss = loss_module(embeddings, batch["label"], indices=batch.get("index"))
+        named = {} if self.term == "srl" else {self.term: loss.detach()}
+        logs = {key: value for key, value in getattr(loss_module, "last_logs", {}).items() if key != "loss"}
+        return {"loss": loss, **named, **logs}
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         return self.model.embed(images)
