@@ -30,7 +30,9 @@ by index.  With R relevant items, rel(i) and P(i) = (1/i) sum_{j<=i} rel(j) at r
                literature (Xia et al. 2014, Cao et al. HashNet 2017).
 
 All are means over the queries that have at least one relevant item; the others are counted
-in ``num_queries_without_relevant`` (see retrieval.py for the same rule).
+in ``num_queries_without_relevant`` (see retrieval.py for the same rule). By default (``ks=None``)
+``P@k`` is reported for the k of ``DEFAULT_KS`` below the number of ranked gallery items (G, or
+Q - 1 in leave-one-out mode), as in retrieval.py; explicitly passed ``ks`` are all computed.
 
 Memory
 ------
@@ -65,10 +67,10 @@ import torch
 
 from dmlrs.errors import DmlrsError
 from dmlrs.metrics.retrieval import (
-    DEFAULT_KS,
     RankStats,
     check_ks,
     check_positive_int,
+    default_ks,
     exclude_self,
     resolve_device,
     mean_over,
@@ -198,7 +200,7 @@ def hamming_metrics(
     gallery_codes: torch.Tensor | None = None,
     gallery_labels: torch.Tensor | None = None,
     *,
-    ks: Sequence[int] = DEFAULT_KS,
+    ks: Sequence[int] | None = None,
     map_at: Sequence[int] = (100,),
     radius: int = 2,
     num_bits: int | None = None,
@@ -206,7 +208,8 @@ def hamming_metrics(
     chunk_size: int = 1024,
     device: torch.device | str | None = None,
 ) -> dict:
-    """Hashing retrieval report: ``mAP``, ``mAP@k`` for k in ``map_at``, ``P@k`` for k in ``ks``,
+    """Hashing retrieval report: ``mAP``, ``mAP@k`` for k in ``map_at``, ``P@k`` for k in ``ks``
+    (None: the k of ``DEFAULT_KS`` below the number of ranked gallery items),
     ``P@H<=radius``, ``num_queries``, ``num_queries_without_relevant`` (plain Python values).
 
     Codes: real-valued (binarised: > 0 -> bit 1, <= 0 -> bit 0) or 0/1 bits, (N, B); or packed
@@ -219,7 +222,7 @@ def hamming_metrics(
         raise DmlrsError(f"map_at_normalizer must be one of {MAP_NORMALIZERS}, got {map_at_normalizer!r}")
     if isinstance(radius, bool) or not isinstance(radius, int) or radius < 0:
         raise DmlrsError(f"radius must be a non-negative integer, got {radius!r}")
-    ks, map_at = check_ks(ks), check_ks(map_at, "map_at")
+    ks, map_at = (None if ks is None else check_ks(ks)), check_ks(map_at, "map_at")
     chunk_size = check_positive_int(chunk_size, "chunk_size")
     if device is not None and isinstance(query_codes, torch.Tensor):
         device = resolve_device(device, query_codes)
@@ -238,6 +241,8 @@ def hamming_metrics(
     )
 
     num_gallery = packed_g.shape[0]
+    if ks is None:
+        ks = default_ks(num_gallery - int(loo))
     reversed_index = torch.arange(num_gallery - 1, -1, -1, device=packed_q.device)
     columns: dict[str, list[torch.Tensor]] = {"AP": [], "num_relevant": [], "radius": []}
     columns.update({f"AP@{k}": [] for k in map_at})

@@ -28,6 +28,11 @@ a label missing from the gallery) are left out of every mean and counted in
 ``num_queries_without_relevant``; ``AP_per_class`` maps each label to the mean AP of its
 queries (labels whose queries all lack relevant items are absent).
 
+Which k are reported: by default (``ks=None``) the k of ``DEFAULT_KS`` = (1, 5, 10, 50, 100,
+1000) that are BELOW the number of items each query ranks (G, or Q - 1 in leave-one-out mode):
+a cut-off at or beyond it only restates the class balance (P@1000 and R@1000 on a 420-image
+gallery are left out). Cut-offs passed explicitly are all computed, as defined above.
+
 How it is computed (no full sort)
 ---------------------------------
 Scores are mapped to int64 keys that are all distinct within a row and order exactly like
@@ -70,7 +75,7 @@ import torch.nn.functional as F
 
 from dmlrs.errors import DmlrsError
 
-DEFAULT_KS = (1, 5, 10, 50, 100, 1000)
+DEFAULT_KS = (1, 5, 10, 50, 100, 1000)  # the papers' cut-offs; see default_ks for which are reported
 EXCLUDED_KEY = torch.iinfo(torch.int64).min  # key of an item removed from a ranking (the query itself)
 
 
@@ -79,6 +84,12 @@ def check_positive_int(value, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise DmlrsError(f"{name} must be a positive integer, got {value!r}")
     return value
+
+
+def default_ks(num_ranked: int, ks: Sequence[int] = DEFAULT_KS) -> tuple[int, ...]:
+    """The cut-offs of ``ks`` below ``num_ranked``, the number of gallery items a query ranks (G,
+    or Q - 1 in leave-one-out mode): P@k and R@k for k >= num_ranked mean nothing about the ranking."""
+    return tuple(k for k in ks if k < num_ranked)
 
 
 def check_ks(ks: Sequence[int], name: str = "ks") -> tuple[int, ...]:
@@ -334,14 +345,15 @@ def retrieval_metrics(
     query_labels: torch.Tensor,
     gallery: torch.Tensor | None = None,
     gallery_labels: torch.Tensor | None = None,
-    ks: Sequence[int] = DEFAULT_KS,
+    ks: Sequence[int] | None = None,
     chunk_size: int = 1024,
     device: torch.device | str | None = None,
 ) -> dict:
     """Retrieval report for float embeddings ranked by cosine similarity.
 
     query: (Q, D) float, query_labels: (Q,) int; gallery: (G, D) float and gallery_labels: (G,)
-    int, or both None for leave-one-out over the query set.  ``ks``: cut-offs for P@k / R@k.
+    int, or both None for leave-one-out over the query set.  ``ks``: cut-offs for P@k / R@k
+    (None: those of ``DEFAULT_KS`` below the number of ranked items, :func:`default_ks`).
     ``chunk_size``: queries processed at once; results do not depend on it.  ``device``: where
     to compute (e.g. ``"cuda"``; inputs are moved there), default the query's device.
 
@@ -358,7 +370,7 @@ def retrieval_metrics(
     query = check_embeddings(query, "query")
     query_labels, gallery, gallery_labels, loo = resolve_gallery(query, query_labels, gallery, gallery_labels)
     check_embeddings(gallery, "gallery")
-    ks = check_ks(ks)
+    ks = default_ks(gallery.shape[0] - int(loo)) if ks is None else check_ks(ks)
     chunk_size = check_positive_int(chunk_size, "chunk_size")
 
     columns: dict[str, list[torch.Tensor]] = {"AP": [], "AP@R": [], "num_relevant": []}
