@@ -437,3 +437,138 @@ def test_an_output_folder_inside_the_archive_is_not_indexed(checkpoints, archive
     printed = capsys.readouterr().out
     assert "index: 16 images (16 reused, 0 embedded, 0 removed)" in printed  # gallery.png was not added
     assert (out / "gallery.png").is_file()
+
+
+# ----------------------------------------------------------------------------- interrupted indexing
+def _stop_on_call(monkeypatch, call: int, stop) -> list[int]:
+    """Make model call number ``call`` run ``stop()`` (which raises) instead; records the images
+    of every call that went through."""
+    calls = []
+    original = Encoder.encode
+
+    def encode(self, images):
+        if len(calls) + 1 == call:
+            calls.append(0)
+            stop()
+        calls.append(int(images.shape[0]))
+        return original(self, images)
+
+    monkeypatch.setattr(Encoder, "encode", encode)
+    return calls
+
+
+def _raise_keyboard_interrupt():
+    raise KeyboardInterrupt
+
+
+def _send_sigterm():
+    import signal
+
+    os.kill(os.getpid(), signal.SIGTERM)  # the command's handler raises KeyboardInterrupt here
+
+
+def _assert_same_index(index, fresh) -> None:
+    assert index.paths == fresh.paths and index.files == fresh.files
+    assert sorted(index.unreadable) == sorted(fresh.unreadable)
+    np.testing.assert_allclose(index.vectors, fresh.vectors, atol=1e-5)
+
+
+@pytest.mark.parametrize("stop, workers", [(_raise_keyboard_interrupt, "0"), (_send_sigterm, "1")],
+                         ids=["ctrl-c", "sigterm-with-loader-process"])
+def test_an_interrupted_first_indexing_keeps_its_work_and_the_next_run_continues(
+        stop, workers, checkpoints, archive, tmp_path, capsys, monkeypatch):
+    import signal
+
+    out, query = tmp_path / "out", archive / "class_0" / "img_0.png"
+    broken = archive / "class_0" / "broken.png"  # sorted before img_*: done in the first batch
+    broken.write_bytes(b"not an image")
+    handler = signal.getsignal(signal.SIGTERM)
+    calls = _stop_on_call(monkeypatch, 3, stop)
+    extra = ["--batch-size", "2", "--save-every", "0", "--workers", workers]
+    assert search(checkpoints["float"], archive, out, query, extra=extra) == 130
+    assert signal.getsignal(signal.SIGTERM) is handler  # restored
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("interrupted: saved ") and "run the same command again" in err[0]
+    # batches of 2: {broken, img_0}, {img_1, img_2}, then the 3rd model call stopped the run
+    assert "with 3 of the 17 archive images (4 done in this run)" in err[0] and "remaining 13" in err[0]
+    partial = load_index(out / "index.pt")
+    assert partial.paths == ["class_0/img_0.png", "class_0/img_1.png", "class_0/img_2.png"]
+    assert list(partial.unreadable) == ["class_0/broken.png"]
+    assert calls == [1, 2, 0]
+
+    calls = _count_encoded(monkeypatch)
+    assert search(checkpoints["float"], archive, out, query, extra=extra) == 0
+    assert "index: 16 images (3 reused, 13 embedded, 0 removed), 1 unreadable skipped" in capsys.readouterr().out
+    assert sum(calls) == 13 + 1  # the missing images, then the query; the broken file is not retried
+    assert search(checkpoints["float"], archive, tmp_path / "fresh", query) == 0
+    _assert_same_index(load_index(out / "index.pt"), load_index(tmp_path / "fresh" / "index.pt"))
+
+
+def test_a_killed_indexing_keeps_what_the_last_periodic_write_saved(checkpoints, archive, tmp_path, capsys,
+                                                                     monkeypatch):
+    """A crash that runs no cleanup (as ``kill -9``) keeps the index of the last periodic write."""
+    out, query = tmp_path / "out", archive / "class_0" / "img_0.png"
+
+    def crash():
+        raise SystemExit("killed")  # not a KeyboardInterrupt: nothing is saved on the way out
+
+    _stop_on_call(monkeypatch, 6, crash)
+    with pytest.raises(SystemExit):  # writes after 4 and 8 images (--save-every 4); the 6th call dies
+        search(checkpoints["float"], archive, out, query, extra=["--batch-size", "2", "--save-every", "4"])
+    assert len(load_index(out / "index.pt").files) == 8
+    assert not list(out.glob(".index.pt.*"))  # no temporary file left behind
+
+    calls = _count_encoded(monkeypatch)
+    assert search(checkpoints["float"], archive, out, query, extra=["--batch-size", "2"]) == 0
+    assert "index: 16 images (8 reused, 8 embedded, 0 removed)" in capsys.readouterr().out
+    assert sum(calls) == 8 + 1
+    assert search(checkpoints["float"], archive, tmp_path / "fresh", query) == 0
+    _assert_same_index(load_index(out / "index.pt"), load_index(tmp_path / "fresh" / "index.pt"))
+
+
+def test_save_schedule_counts_images_and_time_and_grows_with_the_index():
+    from dmlrs.retrieve.schedule import SaveSchedule
+
+    now = [0.0]
+    schedule = SaveSchedule(every_images=100, every_seconds=60, clock=lambda: now[0])
+    assert not schedule.due(99, 99) and schedule.due(1, 100)  # 100 images since the start
+    schedule.write(lambda: None)
+    assert not schedule.due(150, 5_000) and schedule.due(350, 5_000)  # a tenth of a 5,000-row index: 500
+    schedule.write(lambda: None)
+    now[0] = 59.9
+    assert not schedule.due(1, 5_001)
+    now[0] = 60.0
+    assert schedule.due(0, 5_001)  # 60 s since the last write
+
+    def slow_write():
+        now[0] += 10.0  # a write that takes 10 s: the next one no sooner than 100 s later
+
+    schedule.write(slow_write)
+    assert schedule.writes == 3
+    now[0] += 99.0
+    assert not schedule.due(1, 5_002)
+    now[0] += 1.0
+    assert schedule.due(0, 5_002)
+    never = SaveSchedule(every_images=0, clock=lambda: now[0])
+    now[0] += 10**6
+    assert not never.due(10**6, 1)
+
+
+def test_a_file_that_is_not_a_training_checkpoint_gets_advice_for_the_search(checkpoints, archive, tmp_path,
+                                                                              capsys):
+    from dmlrs.engine.checkpoint import TRAINING_HINT
+    from dmlrs.errors import DmlrsError
+
+    foreign = tmp_path / "weights.pt"
+    torch.save({"state_dict": torch.zeros(2)}, foreign)
+    with pytest.raises(DmlrsError) as training:  # the training scripts' default advice
+        load_checkpoint(foreign)
+    assert str(training.value).endswith(f"; {TRAINING_HINT}.") and "--weights PATH" in str(training.value)
+    with pytest.raises(DmlrsError) as plain:
+        load_checkpoint(foreign, hint=None)
+    assert str(plain.value).endswith("(no 'method'/'epoch' entries).")
+
+    assert search(foreign, archive, tmp_path / "o", archive / "class_0" / "img_0.png") == 2
+    line = _one_error_line(capsys)
+    assert line == (f"error: {foreign} is not a dmlrs training checkpoint (no 'method'/'epoch' entries); "
+                    "pass a checkpoints/best.pt or last.pt written by a train_*/main.py script.")

@@ -37,7 +37,8 @@ from dmlrs.data.images import load_rgb
 from dmlrs.data.noise import NOISE_TYPES, apply_label_noise
 from dmlrs.data.splits import (DEFAULT_FRACTIONS, DEFAULT_PROTOCOL, SPLIT_NAMES, TRANSDUCTIVE_WARNING,
                                add_semi_supervised, check_manifest_matches, check_protocol, load_manifest,
-                               make_manifest, manifest_hash, manifest_protocol, split_gaps)
+                               check_splits_not_empty, make_manifest, manifest_hash, manifest_protocol,
+                               split_gaps)
 from dmlrs.errors import DmlrsError
 
 if TYPE_CHECKING:  # torch is imported by build_data itself, so that prepare_data works without it
@@ -181,8 +182,8 @@ def build_data(dataset: str = DEMO_NAME, data: str | Path | None = None, *, img_
                transductive: bool = False, noise_type: str | None = None, noise_rate: float = 0.0,
                skip_corrupt: bool = False, verify: str = "header", check_duplicates: bool = False,
                split_protocol: str = DEFAULT_PROTOCOL, workers: int | None = None, progress: bool = False,
-               use_cache: bool = True, input_pipeline: str = "pil", cache_progress: bool | None = None
-               ) -> DataBundle:
+               use_cache: bool = True, input_pipeline: str = "pil", cache_progress: bool | None = None,
+               check_splits: bool = True) -> DataBundle:
     """Scan, split, (semi-supervise,) (add noise,) and wrap a dataset; see :class:`DataBundle`.
 
     ``dataset="demo"`` needs no ``data``.  ``img_size=None`` -> 256 (the papers) for real
@@ -191,6 +192,11 @@ def build_data(dataset: str = DEMO_NAME, data: str | Path | None = None, *, img_
     ``transductive=True`` is HR-S2DML's protocol: ``train_per`` of each whole class labelled, the
     rest is the test split, the unlabelled pool and the val split (test-set leakage; warns).
     ``split_protocol``: ``"original"`` (the authors' code, default) or ``"stratified"`` (module doc).
+    ``check_splits`` (default): a train, validation or test split without any image is one
+    ``DmlrsError`` naming the split, the images per class the protocol needs and what to do
+    (:func:`~dmlrs.data.splits.check_splits_not_empty`), raised before the image cache is built;
+    ``False`` builds such a bundle anyway (to inspect the split). Splits that miss only some
+    classes are allowed and listed in ``warnings``.
 
     Bad images: ``verify`` is ``"header"`` by default (every file opened, headers read; files the
     last ``python -m dmlrs.data`` full check could not decode count as corrupt too, through the
@@ -224,6 +230,9 @@ def build_data(dataset: str = DEMO_NAME, data: str | Path | None = None, *, img_
                         noise_rate=noise_rate, skip_corrupt=skip_corrupt, verify=verify,
                         check_duplicates=check_duplicates, split_protocol=split_protocol, workers=workers,
                         progress=progress, use_cache=use_cache)
+    if check_splits:  # before the image cache: a split without images fails training much later
+        check_splits_not_empty(plan.manifest, plan.name if plan.root is None else f"{plan.name} ({plan.root})",
+                               split_file=split_file)
     root, manifest = plan.root, plan.manifest
     loader = plan.loader
     if input_pipeline == "cached":

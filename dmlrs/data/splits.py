@@ -94,6 +94,7 @@ import logging
 import math
 import random
 import warnings
+from collections import Counter
 from decimal import Decimal
 from pathlib import Path, PurePosixPath
 from typing import Iterable, Mapping, Sequence
@@ -557,6 +558,90 @@ def split_gaps(manifest: dict) -> list[str]:
             notes.append(f"the {key} split has no images of {len(absent)} class(es) "
                          f"({manifest_protocol(manifest)} split protocol, classes too small): {shown}")
     return notes
+
+
+_SPLIT_WORDS = {"train": "training", "val": "validation", "test": "test"}
+
+
+def _part_counts(protocol: str, fractions: Sequence[float]):
+    """``n -> (n_train, n_val, n_test)`` of one class under ``protocol``."""
+    if protocol == "original":
+        return lambda n: original_split_counts(n, fractions)
+    return lambda n: split_counts(n, fractions)
+
+
+def smallest_class_for(split: str, protocol: str, fractions: Sequence[float] = DEFAULT_FRACTIONS
+                       ) -> tuple[int | None, list[int]]:
+    """``(N, exceptions)``: under ``protocol`` every class of ``N`` or more images has an image in
+    ``split``, and of the smaller sizes only those in ``exceptions`` do (the original protocol's
+    ``int()`` cuts are not monotone: 4 and 5 images give a validation image, 6 does not). ``N`` is
+    None when the fractions give the split nothing."""
+    position = SPLIT_NAMES.index(split)
+    fraction = check_fractions(fractions)[position]
+    if fraction <= 0:
+        return None, []
+    counts = _part_counts(protocol, fractions)
+    limit = int(2 / fraction) + 3  # beyond it fraction * n >= 2: every cut leaves an image
+    empty = [n for n in range(1, limit + 1) if counts(n)[position] == 0]
+    needed = max(empty, default=0) + 1
+    return needed, [n for n in range(1, needed) if n not in empty]
+
+
+def _needs(split: str, protocol: str, fractions: Sequence[float]) -> str:
+    """``"a validation image from 7 images on (and with 4 or 5)"``."""
+    needed, exceptions = smallest_class_for(split, protocol, fractions)
+    if needed is None:
+        return f"no {_SPLIT_WORDS[split]} image (its fraction is 0)"
+    text = f"a {_SPLIT_WORDS[split]} image from {needed} image{'s' if needed > 1 else ''} on"
+    if exceptions:
+        shown = [str(n) for n in exceptions[:3]] + (["..."] if len(exceptions) > 3 else [])
+        text += f" (and with {', '.join(shown[:-1]) + ' or ' + shown[-1] if len(shown) > 1 else shown[0]})"
+    return text
+
+
+def _cut_rule(protocol: str, fractions: Sequence[float]) -> str:
+    f_train, f_val, f_test = check_fractions(fractions)
+    if protocol == "original":
+        return f"cuts each class of n images at int({f_train:g} n) and int({literal_sum(f_train, f_val):g} n)"
+    return f"gives each class of n images round({f_val:g} n) validation and round({f_test:g} n) test images"
+
+
+def check_splits_not_empty(manifest: dict, dataset: str, *, split_file: str | Path | None = None) -> None:
+    """Raise one :class:`DmlrsError` when the train, validation or test split of ``manifest`` holds
+    no image at all (training would fail later: no batch, or nothing to validate or test on).
+
+    The message names ``dataset``, the empty split(s), how many images per class the manifest's
+    protocol needs for them, the class sizes here, and what to do. Splits that only miss *some*
+    classes are allowed (the original protocol cuts a class of 3 images into 2/0/1): they are
+    reported as notes by :func:`split_gaps`. A transductive manifest's train split is left to the
+    semi-supervised script's own check (it names the ``--train_per`` that labels every class).
+    """
+    keys = [k for k in SPLIT_NAMES if not manifest[k] and not (k == "train" and manifest.get("transductive"))]
+    if not keys:
+        return
+    words = [_SPLIT_WORDS[k] for k in keys]
+    empty = (f"the {words[0]} split is empty" if len(words) == 1
+             else f"the {', '.join(words[:-1])} and {words[-1]} splits are empty")
+    if split_file is not None:
+        raise DmlrsError(f"dataset {dataset}: {empty} in split file {split_file}; training needs training, "
+                         "validation and test images: omit --split-file to make a new split, or fix the file")
+    protocol, fractions = manifest_protocol(manifest), manifest.get("fractions", DEFAULT_FRACTIONS)
+    sizes = Counter(label for _, label in dict.fromkeys(
+        (p, label) for key in SPLIT_NAMES for p, label in manifest[key]))
+    low, high = min(sizes.values(), default=0), max(sizes.values(), default=0)
+    have = (f"{high} image{'s' if high != 1 else ''} each" if low == high
+            else f"{low} {'or' if high == low + 1 else 'to'} {high} images")
+    needs = " and ".join(_needs(k, protocol, fractions) for k in keys)
+    fix = "add images to the classes"
+    wanted = [smallest_class_for(k, protocol, fractions)[0] for k in keys]
+    if None not in wanted:
+        fix += f" (at least {max(wanted)} per class)"
+    other = "stratified" if protocol == "original" else "original"
+    other_counts = _part_counts(other, fractions)
+    if all(sum(other_counts(n)[SPLIT_NAMES.index(k)] for n in sizes.values()) for k in keys):
+        fix += f", or use --split-protocol {other} (it gives {' and '.join(_needs(k, other, fractions) for k in keys)})"
+    raise DmlrsError(f"dataset {dataset}: {empty}: the {protocol} split protocol {_cut_rule(protocol, fractions)}, "
+                     f"which gives a class {needs}, and the {len(sizes)} classes here have {have}; {fix}")
 
 
 def _listing(items: Sequence[str], shown: int = 3) -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -83,25 +83,21 @@ def _collate(samples):
     return [p for p, _ in good], images, bad
 
 
-def encode_files(encode: Callable[[torch.Tensor], np.ndarray], transform: Callable, paths: Sequence[Path], *,
-                 batch_size: int, workers: int, progress: bool, desc: str = "indexing"
-                 ) -> tuple[dict[int, np.ndarray], dict[int, str]]:
+def encode_batches(encode: Callable[[torch.Tensor], np.ndarray], transform: Callable, paths: Sequence[Path], *,
+                   batch_size: int, workers: int, progress: bool, desc: str = "indexing"
+                   ) -> Iterator[tuple[dict[int, np.ndarray], dict[int, str]]]:
     """Encode the images at ``paths`` with ``encode`` (a batch of transformed images -> one row
-    per image). Returns ``({position: row}, {position: reason})``: rows for the readable images,
-    reasons for the unreadable ones (skipped). A progress bar counts images."""
+    per image), in order. Yields per batch ``({position: row}, {position: reason})``: rows for
+    the readable images, reasons for the unreadable ones (skipped), so a caller can keep what is
+    done when it stops part-way. A progress bar counts images."""
     from tqdm import tqdm
 
-    rows: dict[int, np.ndarray] = {}
-    failures: dict[int, str] = {}
     if not paths:
-        return rows, failures
+        return
     loader = DataLoader(_ImageFiles(paths, transform), batch_size=batch_size, shuffle=False,
                         num_workers=min(workers, len(paths)), collate_fn=_collate)
     with tqdm(total=len(paths), desc=desc, unit="img", disable=not progress, leave=False) as bar:
         for positions, images, bad in loader:
-            if images is not None:
-                for position, row in zip(positions, encode(images)):
-                    rows[position] = row
-            failures.update(bad)
+            rows = dict(zip(positions, encode(images))) if images is not None else {}
             bar.update(len(positions) + len(bad))
-    return rows, failures
+            yield rows, dict(bad)

@@ -2,16 +2,23 @@
 
     python -m dmlrs.retrieve --checkpoint runs/.../checkpoints/best.pt --archive DIR --query IMG [IMG ...]
                              [--topk 10] [--out retrieval] [--batch-size 64] [--workers N]
-                             [--device auto|cpu|cuda[:N]] [--backend auto|torch|faiss] [--no-progress]
+                             [--device auto|cpu|cuda[:N]] [--backend auto|torch|faiss] [--save-every N]
+                             [--no-progress]
 
 Embeds the archive into ``<out>/index.pt`` (only new or changed files on later runs), ranks it
 for each query, prints a table per query and writes ``<out>/retrieval.json`` and
 ``<out>/gallery.png``. Bad input ends as one ``error: ...`` line on stderr, exit status 2.
+While embedding, the index is written every ``--save-every`` images or 60 s; Ctrl-C or SIGTERM
+writes it with what is done and ends with one ``interrupted: ...`` line, exit status 130: the
+same command then embeds only the remaining images.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +26,7 @@ import numpy as np
 import torch
 
 from dmlrs.errors import DmlrsError
+from dmlrs.retrieve.schedule import DEFAULT_SAVE_EVERY_IMAGES, SaveSchedule
 
 RESULTS_NAME = "retrieval.json"
 GALLERY_NAME = "gallery.png"
@@ -52,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     parser.add_argument("--backend", default="auto", choices=("auto", "torch", "faiss"),
                         help="ranking: auto uses faiss when installed, else exact torch ranking (same results)")
+    parser.add_argument("--save-every", type=int, default=DEFAULT_SAVE_EVERY_IMAGES, metavar="N",
+                        help="while embedding, write the index every N new images (or every tenth of the index, "
+                             "when larger) and every 60 s, so a killed run keeps its work; 0: only at the end "
+                             "and on Ctrl-C")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     return parser
 
@@ -78,7 +90,7 @@ def search(args: argparse.Namespace) -> SearchOutcome:
     from dmlrs.retrieve.report import Hit, QueryResult, format_table, query_class, write_gallery, write_json
 
     for flag, value, least in (("--topk", args.topk, 1), ("--batch-size", args.batch_size, 1),
-                               ("--workers", args.workers, 0)):
+                               ("--workers", args.workers, 0), ("--save-every", args.save_every, 0)):
         if value is not None and value < least:
             raise DmlrsError(f"{flag} {value} must be at least {least}")
     workers = min(8, available_cores()) if args.workers is None else args.workers
@@ -95,8 +107,10 @@ def search(args: argparse.Namespace) -> SearchOutcome:
     encoder = load_encoder(args.checkpoint, device)
     query_images = _load_queries(encoder, queries)  # an unreadable query fails before any indexing
     listing = archive_files.list_archive(root, exclude=out)
-    index, refresh = refresh_index(out / INDEX_NAME, root, listing, encoder, batch_size=args.batch_size,
-                                   workers=workers, progress=args.progress)
+    with _sigterm_as_interrupt():
+        index, refresh = refresh_index(out / INDEX_NAME, root, listing, encoder, batch_size=args.batch_size,
+                                       workers=workers, progress=args.progress,
+                                       schedule=SaveSchedule(every_images=args.save_every))
     if refresh.rebuilt:
         print(f"note: {refresh.rebuilt}", flush=True)
     for relpath, reason in refresh.unreadable:
@@ -134,11 +148,34 @@ def _load_queries(encoder, queries: list[Path]) -> torch.Tensor:
     return torch.stack(images)
 
 
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """Inside the block, SIGTERM (a plain ``kill``) raises KeyboardInterrupt like Ctrl-C, so the
+    index keeps what is done; outside the main thread signals cannot be handled: nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from dmlrs.retrieve.index import IndexingInterrupted  # after parsing: --help needs no torchvision
+
     try:
         search(args)
     except DmlrsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except IndexingInterrupted as exc:
+        print(f"\n{exc}", file=sys.stderr)
+        return 130
     return 0

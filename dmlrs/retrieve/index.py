@@ -12,6 +12,11 @@ time are unchanged keeps its vector (or stays known as unreadable: it is not dec
 new and changed files are encoded; vanished ones are dropped. An index built with another
 checkpoint (another ``identity``), for another archive folder, of another format, or damaged is
 rebuilt from scratch.
+
+A long embedding pass is not lost when it stops: the index is also written while it runs
+(:class:`~dmlrs.retrieve.schedule.SaveSchedule`: every 2,000 images or 60 s by default) and, on Ctrl-C, with what is
+done. Such a partial index is an ordinary index holding fewer files, so the next refresh reuses
+them and embeds only the rest.
 """
 from __future__ import annotations
 
@@ -23,8 +28,9 @@ import torch
 
 from dmlrs.atomic import atomic_open
 from dmlrs.errors import DmlrsError
-from dmlrs.retrieve.archive import ArchiveFile, encode_files
+from dmlrs.retrieve.archive import ArchiveFile, encode_batches
 from dmlrs.retrieve.model import Encoder
+from dmlrs.retrieve.schedule import SaveSchedule
 
 INDEX_FORMAT = 1
 INDEX_NAME = "index.pt"
@@ -106,10 +112,20 @@ def load_index(path: str | Path) -> ArchiveIndex:
         raise ValueError("is damaged") from exc
 
 
+class IndexingInterrupted(Exception):
+    """Ctrl-C (or SIGTERM) while embedding: the images done so far were saved; the message says so."""
+
+
 def refresh_index(path: Path, root: Path, listing: list[ArchiveFile], encoder: Encoder, *, batch_size: int,
-                  workers: int, progress: bool) -> tuple[ArchiveIndex, RefreshReport]:
+                  workers: int, progress: bool, schedule: SaveSchedule | None = None
+                  ) -> tuple[ArchiveIndex, RefreshReport]:
     """Bring the index at ``path`` up to date with ``listing`` (the archive's images, in archive
-    order) and write it back when anything changed; returns the index and what was done."""
+    order) and write it back when anything changed; returns the index and what was done.
+
+    While embedding, the index is also written as ``schedule`` says (default: ``SaveSchedule()``),
+    and on ``KeyboardInterrupt`` it is written with what is done, then :class:`IndexingInterrupted`
+    is raised: a partial index is an index with fewer files, so the next run embeds only the rest."""
+    schedule = SaveSchedule() if schedule is None else schedule
     report = RefreshReport()
     old = _compatible_index(path, root, encoder, report)
     known = {f.relpath: (f, i) for i, f in enumerate(old.files)} if old else {}
@@ -129,19 +145,40 @@ def refresh_index(path: Path, root: Path, listing: list[ArchiveFile], encoder: E
             unreadable[file.relpath] = bad  # known to be unreadable and unchanged: not tried again
         else:
             to_encode.append(position)
-    rows, failures = encode_files(encoder.encode, encoder.transform, [root / listing[p].relpath for p in to_encode],
-                                  batch_size=batch_size, workers=workers, progress=progress)
-    for slot, reason in failures.items():
-        file = listing[to_encode[slot]]
-        unreadable[file.relpath] = (file.size, file.mtime_ns, reason)
-    report.reused, report.embedded, report.newly_unreadable = len(reused_rows), len(rows), len(failures)
-    report.unreadable = [(p, r) for p, (_, _, r) in sorted(unreadable.items())]
 
-    new_rows = {to_encode[slot]: row for slot, row in rows.items()}
-    keep = [p for p in range(len(listing)) if p in reused_rows or p in new_rows]
-    vectors = [old.vectors[reused_rows[p]] if p in reused_rows else new_rows[p] for p in keep]
-    index = ArchiveIndex(str(root), encoder.identity, encoder.kind, [listing[p] for p in keep],
-                         np.stack(vectors) if vectors else np.zeros((0, 0), np.float32), unreadable)
+    new_rows: dict[int, np.ndarray] = {}  # position in listing -> its new vector
+    newly_unreadable = 0
+
+    def assemble() -> ArchiveIndex:
+        """The index of what is known now: reused rows, the rows embedded so far, unreadable files."""
+        keep = [p for p in range(len(listing)) if p in reused_rows or p in new_rows]
+        vectors = [old.vectors[reused_rows[p]] if p in reused_rows else new_rows[p] for p in keep]
+        return ArchiveIndex(str(root), encoder.identity, encoder.kind, [listing[p] for p in keep],
+                            np.stack(vectors) if vectors else np.zeros((0, 0), np.float32), dict(unreadable))
+
+    batches = encode_batches(encoder.encode, encoder.transform, [root / listing[p].relpath for p in to_encode],
+                             batch_size=batch_size, workers=workers, progress=progress)
+    try:
+        for rows, failures in batches:
+            new_rows.update((to_encode[slot], row) for slot, row in rows.items())
+            for slot, reason in failures.items():
+                file = listing[to_encode[slot]]
+                unreadable[file.relpath] = (file.size, file.mtime_ns, reason)
+            newly_unreadable += len(failures)
+            if schedule.due(len(rows) + len(failures), len(reused_rows) + len(new_rows)):
+                schedule.write(lambda: save_index(assemble(), path))
+    except KeyboardInterrupt:
+        batches.close()  # stops the loader's processes before the write
+        save_index(assemble(), path)
+        done = len(new_rows) + newly_unreadable
+        raise IndexingInterrupted(
+            f"interrupted: saved {path} with {len(reused_rows) + len(new_rows):,} of the {len(listing):,} archive "
+            f"images ({done:,} done in this run); run the same command again to continue: it embeds only the "
+            f"remaining {len(to_encode) - done:,}") from None
+
+    report.reused, report.embedded, report.newly_unreadable = len(reused_rows), len(new_rows), newly_unreadable
+    report.unreadable = [(p, r) for p, (_, _, r) in sorted(unreadable.items())]
+    index = assemble()
     if old is None or to_encode or report.removed:
         save_index(index, path)
     return index, report

@@ -30,6 +30,8 @@ from dmlrs.errors import DmlrsError
 from dmlrs.models import build_model
 
 FLOAT, HAMMING = "cosine", "hamming"
+#: what to do when --checkpoint is a readable file but not a training checkpoint
+CHECKPOINT_HINT = "pass a checkpoints/best.pt or last.pt written by a train_*/main.py script"
 #: how each training script builds its model from its flags (train_*/main.py): extra build_model
 #: arguments beyond --model/--dim; the class head's size is read from the weights
 _SCRIPT_MODELS = {
@@ -80,7 +82,7 @@ def load_encoder(path: str | Path, device: torch.device) -> Encoder:
     if not path.is_file():
         raise DmlrsError(f"--checkpoint {path}: file not found; pass a checkpoint of a training run "
                          "(runs/<method>/<dataset>/<time>/checkpoints/best.pt)")
-    state = load_checkpoint(path)
+    state = load_checkpoint(path, hint=CHECKPOINT_HINT)
     weights = state.get("model")
     if not isinstance(weights, dict) or not all(torch.is_tensor(v) for v in weights.values()):
         raise DmlrsError(f"{path}: its 'model' entry is not a state dict of tensors; the file is damaged or "

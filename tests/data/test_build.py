@@ -46,13 +46,15 @@ def test_fake_dataset_in_every_layout(tmp_path, layout):
     assert bundle.root is not None and (bundle.root / bundle.manifest["test"][0][0]).is_file()
     for split in (bundle.train, bundle.val, bundle.test):
         assert Counter(label for _, label in split.items) == {c: 1 for c in range(21)}  # 3 -> 1/1/1
-    original = build_data("ucmerced", data, img_size=16)  # int(0.7 * 3), int(0.8 * 3) -> 2/0/1
+    with pytest.raises(DmlrsError, match="the validation split is empty"):  # int(0.7 * 3), int(0.8 * 3) -> 2/0/1
+        build_data("ucmerced", data, img_size=16)
+    original = build_data("ucmerced", data, img_size=16, check_splits=False)
     assert [len(original.train), len(original.val), len(original.test)] == [42, 0, 21]
     assert any("val split has no images of 21 class(es)" in w for w in original.warnings)
     sample = bundle.test[2]
     assert sample["image"].shape == (3, 16, 16) and sample["index"] == 2
     assert sample["label"] == bundle.manifest["test"][2][1]
-    assert build_data("UCMD", data).image_size == 256  # the papers' size by default
+    assert build_data("UCMD", data, check_splits=False).image_size == 256  # the papers' size by default
 
 
 def test_generic_folder_dataset(tmp_path):
