@@ -12,7 +12,7 @@ SCRIPTS = ("SNCA_CE", "SNCA_CE_MC", "MNCE_BNM", "CDNE", "tRNSL", "SRL")
 
 #: tiny, fast settings shared by the smoke tests (CPU, 32 px images, a few steps)
 FAST = ["--img-size", "32", "--model", "resnet18", "--dim", "16", "-b", "8", "--num_workers", "0",
-        "--weights", "none", "--no-progress", "--no-tensorboard", "--device", "cpu"]
+        "--weights", "none", "--no-progress", "--no-tensorboard", "--no-pictures", "--device", "cpu"]
 
 
 def load_script(name: str):

@@ -13,7 +13,8 @@ from tests.engine.scripts import FAST, only_run_dir, read_json, run_script
 from tests.visualize.pictures import assert_png
 
 PICTURES = {"retrieval_gallery.png", "embedding_tsne.png", "ap_per_class.png", "precision_recall.png"}
-WITH_TENSORBOARD = [flag for flag in FAST if flag != "--no-tensorboard"]
+PICTURES_ON = [flag for flag in FAST if flag != "--no-pictures"]  # FAST turns them off: they cost ~3 s a run
+WITH_TENSORBOARD = [flag for flag in PICTURES_ON if flag != "--no-tensorboard"]
 NOISE = ["--noiseType", "symmetric", "--noiseRate", "0.5"]
 
 
@@ -39,7 +40,7 @@ def test_a_run_leaves_its_pictures_in_the_run_folder_and_tensorboard(snca_run):
 
 def test_evaluate_draws_the_pictures_and_no_pictures_turns_them_off(snca_run, tmp_path, capsys):
     best = str(snca_run / "checkpoints" / "best.pt")
-    assert run_script("SNCA_CE", ["--evaluate", best, "--out", str(tmp_path / "eval"), *FAST]) == 0
+    assert run_script("SNCA_CE", ["--evaluate", best, "--out", str(tmp_path / "eval"), *PICTURES_ON]) == 0
     evaluated = only_run_dir(tmp_path / "eval")
     assert {p.name for p in (evaluated / "pictures").iterdir()} == PICTURES
     assert f"pictures: 4 in {evaluated / 'pictures'}" in capsys.readouterr().out
@@ -55,7 +56,7 @@ def test_trnsl_logs_and_plots_the_clean_fraction_of_the_kept_samples(tmp_path, m
     monkeypatch.setattr(curves, "plot_precision_recall", broken)  # one picture fails: the run still succeeds
     out = tmp_path / "runs"
     argv = ["--dataset", "demo", "--epochs", "3", "--steps-per-epoch", "2", "--start_prune", "2",
-            "--prune-every", "1", "--eval-every", "3", "--out", str(out), *FAST, *NOISE]
+            "--prune-every", "1", "--eval-every", "3", "--out", str(out), *PICTURES_ON, *NOISE]
     assert run_script("tRNSL", argv) == 0
     run_dir = only_run_dir(out)
     printed = capsys.readouterr().out
