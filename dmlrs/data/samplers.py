@@ -25,6 +25,9 @@ per batch).
 Determinism: batches depend only on (labels, C, K, num_batches, seed, epoch); call
 ``set_epoch(epoch)`` before each epoch so a resumed run reproduces the same batches.
 Unlabelled entries (label < 0, e.g. -1) are never sampled.
+Distributed training: every rank builds the same batches (same seed and epoch) and trains on its
+slice of each (``dmlrs.engine.loaders.RankSlices``): C x K must be a multiple of the number of
+processes, each slice holding whole or partial classes in the batch's class-by-class layout.
 """
 
 from __future__ import annotations
@@ -76,6 +79,14 @@ class ClassBalancedBatchSampler(Sampler[list[int]]):
         if num_batches is not None and num_batches < 1:
             raise DmlrsError(f"the number of batches per epoch must be at least 1, got {num_batches}.")
         self.num_batches = int(num_batches) if num_batches is not None else default
+
+    #: the flags that set the batch size (named by the distributed batch-split check)
+    batch_flag = "--classes-per-batch x --images-per-class ="
+
+    @property
+    def batch_size(self) -> int:
+        """Images per batch: C x K."""
+        return self.classes_per_batch * self.images_per_class
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose batches the next iteration yields (call before every epoch)."""

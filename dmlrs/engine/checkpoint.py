@@ -15,8 +15,9 @@ over the run), ``method`` (model, EMA, memory, loss parameters), ``model`` (the 
 alone, so ``--weights PATH`` can load it), ``optimizer``, ``scheduler``, ``scaler``, ``rng``,
 ``best_score``, ``best_epoch``, ``manifest_hash``, and what the checkpoint needs to be used on its
 own: ``model_spec`` (``build_model`` arguments), ``method_name``, ``hashing``, ``classes``,
-``image_size`` (absent in older files: ``dmlrs.retrieve`` then reads the run's config.json). Format 1 files (no ``epoch_started``,
-``epoch_totals``, ``record``, ``skipped_nonfinite``) still load.
+``image_size`` (absent in older files: ``dmlrs.retrieve`` then reads the run's config.json), and
+``world_size`` (the processes that trained it; informative: any number may resume it).
+Format 1 files (no ``epoch_started``, ``epoch_totals``, ``record``, ``skipped_nonfinite``) still load.
 """
 from __future__ import annotations
 
@@ -56,8 +57,15 @@ def save_checkpoint(state: dict, path: str | Path) -> None:
                          f"{kept}{hint}, then continue with --resume auto)") from exc
 
 
-def load_checkpoint(path: str | Path) -> dict:
-    """Load a dmlrs checkpoint on the CPU with ``weights_only=True``."""
+#: what to do instead, when a file given to a training script is not a training checkpoint
+TRAINING_HINT = "to start from plain model weights use --weights PATH instead"
+
+
+def load_checkpoint(path: str | Path, *, hint: str | None = TRAINING_HINT) -> dict:
+    """Load a dmlrs checkpoint on the CPU with ``weights_only=True``.
+
+    ``hint`` ends the message for a readable file that is not a training checkpoint: what the
+    caller's user should do instead (the training scripts' advice by default; None: no advice)."""
     path = Path(path)
     if not path.is_file():
         raise DmlrsError(f"checkpoint not found: {path} (check the path given to --resume/--evaluate)")
@@ -67,8 +75,8 @@ def load_checkpoint(path: str | Path) -> dict:
         raise DmlrsError(f"cannot read checkpoint {path}: {exc.__class__.__name__}: {exc}. "
                          "It is not a dmlrs checkpoint or it is damaged.") from exc
     if not isinstance(state, dict) or "method" not in state or "epoch" not in state:
-        raise DmlrsError(f"{path} is not a dmlrs training checkpoint (no 'method'/'epoch' entries); "
-                         "to start from plain model weights use --weights PATH instead.")
+        raise DmlrsError(f"{path} is not a dmlrs training checkpoint (no 'method'/'epoch' entries)"
+                         + (f"; {hint}." if hint else "."))
     return state
 
 
@@ -84,6 +92,9 @@ def capture_rng_state() -> dict:
     }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
+        # the current device's own (under torchrun: this rank's GPU, which is another index on
+        # each rank); restored onto the current device, so every rank continues rank 0's stream
+        state["cuda_current"] = torch.cuda.get_rng_state()
     return state
 
 
@@ -96,6 +107,8 @@ def restore_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+        if "cuda_current" in state:
+            torch.cuda.set_rng_state(state["cuda_current"])
 
 
 def _to_plain(value):

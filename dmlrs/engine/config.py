@@ -73,6 +73,8 @@ class TrainConfig:
     skip_nonfinite: int = 0
     #: refresh the progress bar's loss means and img/s every N optimizer steps
     log_every: int = DEFAULT_LOG_EVERY
+    #: under torchrun: batch norm over the global batch (``--sync-bn``); no effect in one process
+    sync_bn: bool = False
 
     def __post_init__(self):
         for flag, value in (("--save-every-steps", self.save_every_steps), ("--skip-nonfinite", self.skip_nonfinite)):

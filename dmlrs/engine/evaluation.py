@@ -30,7 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from dmlrs.data.gpu_augment import finish_images
-from dmlrs.engine import faults
+from dmlrs.engine import distributed, faults
 from dmlrs.engine.config import HAMMING_SELECT_K, HAMMING_SELECT_METRIC, check_select_metric
 from dmlrs.engine.device import autocast
 from dmlrs.engine.loaders import eval_loader
@@ -68,14 +68,20 @@ class Evaluator:
         loaded once): ``([outputs of each encoder], labels, indices)``. Images are finished on the
         device by :func:`dmlrs.data.gpu_augment.finish_images`: with the cached input pipeline a
         uint8 batch is normalised there, or augmented when it carries augmentation parameters
-        (a training split drawn with ``seed``, e.g. the t-RNSL refresh)."""
+        (a training split drawn with ``seed``, e.g. the t-RNSL refresh).
+
+        Distributed training: a collective call. Rank r embeds batches r, r + W, ... of the pass
+        (the batches and draw seeds of a single process, so the same embeddings) and every rank
+        gets all outputs in dataset order (:func:`dmlrs.engine.distributed.gather_shards`): each
+        rank embeds 1/W of the images and receives N x d values per encoder."""
 
         was_training = self.method.training
         self.method.eval()
         outputs = [[] for _ in encoders]
         labels, indices = [], []
+        shard = (distributed.rank(), distributed.world_size()) if distributed.is_distributed() else None
         loader = eval_loader(dataset, self.batch_size, num_workers=self.num_workers,
-                             pin_memory=self.device.type == "cuda", seed=seed)
+                             pin_memory=self.device.type == "cuda", seed=seed, shard=shard)
         try:
             for batch in tqdm(loader, desc=desc, leave=False, disable=not self.progress):
                 images = finish_images(batch["image"], self.device, batch.get("augment"))
@@ -88,7 +94,15 @@ class Evaluator:
                 indices.append(batch["index"])
         finally:
             self.method.train(was_training)
-        return [torch.cat(parts) for parts in outputs], torch.cat(labels), torch.cat(indices)
+        if shard is None:
+            return [torch.cat(parts) for parts in outputs], torch.cat(labels), torch.cat(indices)
+        full, rest = divmod(len(dataset), self.batch_size)
+        sizes = [self.batch_size] * full + ([rest] if rest else [])  # rows of every batch of the pass
+
+        def gathered(parts: list[torch.Tensor]) -> torch.Tensor:
+            return distributed.gather_shards(torch.cat(parts) if parts else None, sizes)
+
+        return [gathered(parts) for parts in outputs], gathered(labels), gathered(indices)
 
     def validate(self) -> dict[str, float]:
         """``knn_acc`` and ``mAP`` (embeddings), plus ``hamming_P@20`` (codes) for hashing methods."""
@@ -110,10 +124,16 @@ class Evaluator:
         return scores
 
     def test_report(self) -> dict:
-        """The test split's report (module docstring); metrics on the evaluation device."""
+        """The test split's report (module docstring); metrics on the evaluation device.
+
+        The extracted embeddings stay on ``self.test_embeddings`` (CPU tensors, dataset order:
+        ``query``/``query_labels`` of the test split, ``gallery``/``gallery_labels`` of the train
+        split) for the run's pictures (:mod:`dmlrs.visualize.run_pictures`)."""
         data = self.data
         gallery, gallery_labels, _ = self.extract(data.train_eval, desc="embed train")
         query, query_labels, _ = self.extract(data.test, desc="embed test")
+        self.test_embeddings = {"query": query, "query_labels": query_labels, "gallery": gallery,
+                                "gallery_labels": gallery_labels}
         gallery, gallery_labels, query, query_labels = self._on_metric_device(gallery, gallery_labels, query,
                                                                               query_labels)
         retrieval = retrieval_metrics(query, query_labels, gallery, gallery_labels)

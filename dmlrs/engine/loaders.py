@@ -11,6 +11,9 @@
   it. The images a step sees are thus the same whatever ``num_workers`` is and wherever the run
   was resumed.
 * Nothing here consumes the main process's global RNGs (loaders get their own generators).
+* Distributed training (``dmlrs.engine.distributed``): every rank draws the same global batches
+  and seeds and keeps its slice of each (``shard`` of :func:`train_loader`, :class:`RankSlices`);
+  an evaluation pass gives each rank every W-th batch (``shard`` of :func:`eval_loader`).
 * Loader processes are **persistent**: with ``num_workers > 0`` the loader of a dataset (one per
   dataset, kind -- training stream or evaluation pass -- and settings) is made once and reused by
   later calls, which only swap its batches (:class:`_CurrentBatches`), so workers are not
@@ -50,12 +53,16 @@ MAX_PERSISTENT_LOADERS = 4
 
 class ShuffledBatches(Sampler[list[int]]):
     """Shuffled mini-batches of a dataset. The last short batch is kept, as the original scripts'
-    loaders (no ``drop_last``), except a last batch of ONE image when there are other batches:
-    batch norm cannot train on one image (the original crashed there)."""
+    loaders (no ``drop_last``), except a last batch of fewer than ``min_last`` images when there
+    are other batches: batch norm cannot train on one image (the original crashed there), and
+    under W processes each needs 2 (``min_last = 2 W``; :class:`RankSlices`)."""
 
-    def __init__(self, size: int, batch_size: int, generator: torch.Generator):
+    #: the flag that sets the batch size (named by the distributed batch-split check)
+    batch_flag = "--batch-size"
+
+    def __init__(self, size: int, batch_size: int, generator: torch.Generator, min_last: int = 2):
         self.size, self.batch_size, self.generator = size, batch_size, generator
-        self.drop_last = size > batch_size and size % batch_size == 1
+        self.drop_last = size > batch_size and 0 < size % batch_size < min_last
 
     def __iter__(self):
         order = torch.randperm(self.size, generator=self.generator).tolist()
@@ -75,17 +82,19 @@ class ContinuingPasses(Sampler[list[int]]):
     and pass ``p`` is shuffled by a generator seeded from ``(seed, p)``. This is how the original
     HR-S2DML draws its unlabelled batches (one iterator that restarts whenever the global step is
     a multiple of ``U``), made a pure function of the step so that resuming replays it.
-    Yields the batches of steps ``start_step .. start_step + num_steps - 1``.
+    Yields the batches of steps ``start_step .. start_step + num_steps - 1``. ``min_last``: as
+    :class:`ShuffledBatches` (a pass's last batch of fewer images is left out).
     """
 
-    def __init__(self, size: int, batch_size: int, *, seed: int, start_step: int, num_steps: int):
+    def __init__(self, size: int, batch_size: int, *, seed: int, start_step: int, num_steps: int,
+                 min_last: int = 2):
         self.size, self.batch_size, self.seed = size, batch_size, seed
-        self.start_step, self.num_steps = start_step, num_steps
-        self.batches_per_pass = len(ShuffledBatches(size, batch_size, torch.Generator()))
+        self.start_step, self.num_steps, self.min_last = start_step, num_steps, min_last
+        self.batches_per_pass = len(ShuffledBatches(size, batch_size, torch.Generator(), min_last))
 
     def pass_batches(self, pass_index: int) -> list[list[int]]:
         generator = torch.Generator().manual_seed(pass_seed(self.seed, pass_index))
-        return list(ShuffledBatches(self.size, self.batch_size, generator))
+        return list(ShuffledBatches(self.size, self.batch_size, generator, self.min_last))
 
     def __iter__(self):
         current, batches = None, []
@@ -112,6 +121,43 @@ class SkipFirst(Sampler):
 
     def __len__(self) -> int:
         return max(len(self.batches) - self.skip, 0)
+
+
+class RankSlices(Sampler):
+    """This rank's part of each global batch (distributed training): the global batch of ``n``
+    images is cut to ``n - n mod W`` (a short last batch loses at most W - 1 images) and rank
+    ``r`` gets the contiguous slice ``[r n / W, (r + 1) n / W)``, so all ranks run equal shapes
+    and the slices gathered in rank order are the global batch. Apply it after
+    :class:`SeededBatches`: every image keeps the draw seed of its place in the global stream,
+    i.e. the augmentation a single process gives it."""
+
+    def __init__(self, batches: Sampler, rank: int, world: int):
+        self.batches, self.rank, self.world = batches, int(rank), int(world)
+
+    def __iter__(self):
+        for batch in self.batches:
+            size = len(batch) // self.world
+            if size < 2:  # the samplers leave such batches out (min_last); never train on one image
+                raise RuntimeError(f"a global batch of {len(batch)} images cannot feed {self.world} processes")
+            yield batch[self.rank * size:(self.rank + 1) * size]
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+class EveryNth(Sampler):
+    """Batches ``start, start + step, ...`` of ``batches`` (a rank's share of an evaluation pass)."""
+
+    def __init__(self, batches: Sampler, start: int, step: int):
+        self.batches, self.start, self.step = batches, int(start), int(step)
+
+    def __iter__(self):
+        for position, batch in enumerate(self.batches):
+            if position % self.step == self.start:
+                yield batch
+
+    def __len__(self) -> int:
+        return len(range(self.start, len(self.batches), self.step))
 
 
 class SeededBatches(Sampler[list[tuple[int, int]]]):
@@ -276,28 +322,36 @@ def release_loaders() -> None:
 
 def train_loader(dataset: Dataset, batch_size: int, *, seed: int, num_workers: int,
                  batch_sampler: Sampler | None = None, skip_batches: int = 0,
-                 pin_memory: bool = False, stream: int = TRAIN_STREAM) -> LoaderRun:
+                 pin_memory: bool = False, stream: int = TRAIN_STREAM,
+                 shard: tuple[int, int] | None = None) -> LoaderRun:
     """Batches of ``batch_sampler`` (default: :class:`ShuffledBatches` seeded with ``seed``)
     without the first ``skip_batches``, each image augmented under its draw seed of
-    ``(seed, stream, position in the epoch)``. Workers persist across calls (module doc)."""
+    ``(seed, stream, position in the epoch)``. ``shard=(rank, world)``: this rank's slice of each
+    (global) batch (:class:`RankSlices`). Workers persist across calls (module doc)."""
     if batch_sampler is None:
         batch_sampler = ShuffledBatches(len(dataset), batch_size, torch.Generator().manual_seed(seed))
     batches = SeededBatches(batch_sampler, seed, stream)
     if skip_batches:
         batches = SkipFirst(batches, skip_batches)
+    if shard is not None:
+        batches = RankSlices(batches, *shard)
     return _loader(dataset, batches, kind=f"train-{stream}", num_workers=num_workers, pin_memory=pin_memory,
                    generator_seed=seed)
 
 
 def eval_loader(dataset: Dataset, batch_size: int, *, num_workers: int, pin_memory: bool = False,
-                seed: int | None = None, stream: int = REFRESH_STREAM) -> LoaderRun:
+                seed: int | None = None, stream: int = REFRESH_STREAM,
+                shard: tuple[int, int] | None = None) -> LoaderRun:
     """The dataset in order. With ``seed`` each image is loaded under its draw seed of
-    ``(seed, stream, index)`` (a refresh pass over augmented training images). Workers persist
-    across calls (module doc)."""
+    ``(seed, stream, index)`` (a refresh pass over augmented training images). ``shard=(rank,
+    world)``: only batches ``rank, rank + world, ...`` of that pass (:class:`EveryNth`; the
+    batches and draw seeds are those of the whole pass). Workers persist across calls (module doc)."""
     in_order = BatchSampler(SequentialSampler(range(len(dataset))), batch_size, drop_last=False)
     if seed is None:
         batches = _UnseededBatches(in_order)
     else:
         batches = SeededBatches(in_order, seed, stream)
+    if shard is not None:
+        batches = EveryNth(batches, *shard)
     return _loader(dataset, batches, kind="eval" if seed is None else f"eval-{stream}", num_workers=num_workers,
                    pin_memory=pin_memory, generator_seed=0)

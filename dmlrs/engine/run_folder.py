@@ -27,11 +27,12 @@ from dmlrs.atomic import atomic_open
 #: does not depend on it; ``device``; ``save_every_steps``), what to do (``resume``,
 #: ``evaluate``), how far (``epochs``, ``eval_every``), where the data lives (``data``: the split
 #: manifest's hash, checked on resume, guards the content) and ``skip_nonfinite`` (so a run that
-#: stopped on a non-finite step can be resumed with it). ``amp``, ``deterministic`` and
+#: stopped on a non-finite step can be resumed with it), ``config`` (the path of the --config file:
+#: its values are in the other settings) and ``pictures`` (drawn after the report). ``amp``, ``deterministic`` and
 #: ``channels_last`` change the numerics and stay in.
 RUNTIME_ONLY = ("resume", "evaluate", "out", "num_workers", "progress", "tensorboard", "device", "epochs",
                 "eval_every", "data", "save_every_steps", "skip_nonfinite", "log_every",
-                "input_pipeline")
+                "input_pipeline", "config", "pictures")
 
 
 def safe_name(name: str) -> str:

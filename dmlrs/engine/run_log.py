@@ -5,6 +5,8 @@ line, and :meth:`RunLog.reconcile` runs when a run is resumed: it drops lines of
 the checkpoint and lines torn by a kill, and appends the checkpoint's record when the kill came
 between the checkpoint and the line. Whatever moment a run was killed at, a resumed run's
 ``metrics.jsonl`` is the one an uninterrupted run writes.
+
+Under torchrun only rank 0 keeps the log; the other ranks get a :class:`NullRunLog`.
 """
 from __future__ import annotations
 
@@ -64,6 +66,19 @@ class RunLog:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+class NullRunLog:
+    """The run log of a process that writes nothing (ranks other than 0 under torchrun)."""
+
+    def log_epoch(self, epoch: int, record: dict) -> None:
+        pass
+
+    def reconcile(self, epoch: int, record: dict | None) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def _flatten(record: dict, prefix: str = ""):

@@ -39,6 +39,17 @@ check fails. Host-side input checks of the losses run on the first step of each 
 (``Method.set_input_checks``). Outside this loop: a checkpoint save reads the sums, epoch ends
 read ``Method.scalars``; under fp16 autocast (GPUs without bf16) the grad scaler reads its own
 overflow flag each step.
+
+Distributed training (torchrun; ``dmlrs.engine.distributed`` explains the scheme): the method
+runs inside DistributedDataParallel, each rank trains on its slice of the same global batches
+(``--batch-size`` is the global batch), and per step one all-reduce (``Trainer._agree``) makes
+every rank agree on the non-finite check, the loss parts (averaged: the global-batch means), a
+stop request (SIGINT/SIGTERM on any rank stops every rank after the same step) and the
+``--skip-corrupt`` count; it is read in the step's one host sync. Besides DDP's gradient
+all-reduce, a step has one all-reduce of the batch-norm running statistics (unsynchronised layers:
+no ``--sync-bn``) and, in the methods that need them, the gathers of the memory update and of
+batch-coupled losses; none of them reads the device from the host. Every rank holds the same
+state, so rank 0 alone writes checkpoints and logs, and every rank can resume from them.
 """
 from __future__ import annotations
 
@@ -50,19 +61,20 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
 from dmlrs.atomic import remove_stale_temporaries
 from dmlrs.data.gpu_augment import finish_batch
-from dmlrs.engine import faults
+from dmlrs.engine import distributed, faults
 from dmlrs.engine.checkpoint import (FORMAT_VERSION, capture_rng_state, load_checkpoint, restore_rng_state,
                                      save_checkpoint)
 from dmlrs.engine.config import HASHING_SELECT_METRICS, TrainConfig
-from dmlrs.engine.device import autocast, make_grad_scaler, resolve_device
+from dmlrs.engine.device import autocast, make_grad_scaler
 from dmlrs.engine.evaluation import Evaluator
 from dmlrs.engine.interrupt import GracefulInterrupt
 from dmlrs.engine.loaders import ContinuingPasses, ShuffledBatches, train_loader
-from dmlrs.engine.run_log import RunLog
+from dmlrs.engine.run_log import NullRunLog, RunLog
 from dmlrs.engine.seeding import UNLABELLED_STREAM, epoch_seed, seed_everything
 from dmlrs.errors import DmlrsError
 from dmlrs.methods.base import EpochContext, Method
@@ -124,15 +136,48 @@ class EpochTotals:
             self.replaced = (self.replaced or 0) + int(torch.as_tensor(flags).sum())
 
 
+def check_batch_split(method: Method, data, batch_size: int, seed: int) -> None:
+    """Under torchrun: refuse global batches (the method's, or ``batch_size`` shuffled images; the
+    unlabelled stream's) that do not split into equal slices of at least 2 images per process."""
+    world = distributed.world_size()
+    if world == 1:
+        return
+    if len(data.train) < 2 * world:
+        raise DmlrsError(f"the training split has {len(data.train)} images: fewer than 2 per process for {world} "
+                         "processes; use fewer processes")
+    sampler = method.batch_sampler(data.train_labels, batch_size, seed)
+    if sampler is None:
+        distributed.check_batch_split(batch_size, ShuffledBatches.batch_flag)
+    elif hasattr(sampler, "batch_size"):
+        distributed.check_batch_split(sampler.batch_size, getattr(sampler, "batch_flag", "the batch size"))
+    if getattr(data, "unlabelled", None) is not None:
+        distributed.check_batch_split(batch_size, ShuffledBatches.batch_flag)
+
+
+class _TrainingStep(nn.Module):
+    """The method's training step as a module's forward: what DistributedDataParallel wraps."""
+
+    def __init__(self, method: Method):
+        super().__init__()
+        self.method = method
+
+    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
+        return self.method.training_step(batch)
+
+
 class Trainer:
     def __init__(self, method: Method, data, config: TrainConfig, run_dir: str | Path,
                  *, tensorboard: bool = True):
         self.method, self.data, self.config = method, data, config
         self.run_dir = Path(run_dir)
-        self.device = resolve_device(config.device)
+        self.device = distributed.process_device(config.device)
         method.to(self.device)
         if config.channels_last:
             method.to(memory_format=torch.channels_last)
+        #: under torchrun (any number of processes): DDP, rank slices, rank 0 writes
+        self.distributed = distributed.is_distributed()
+        if self.distributed and config.sync_bn:  # layers replaced in place, parameters kept
+            distributed.convert_sync_batchnorm(method, self.device)
         self.trainable = [(name, p) for name, p in method.named_parameters() if p.requires_grad]
         self.optimizer = torch.optim.SGD([p for _, p in self.trainable], lr=config.lr, momentum=config.momentum,
                                          nesterov=config.nesterov, weight_decay=config.weight_decay)
@@ -155,9 +200,14 @@ class Trainer:
         self.best_epoch = -1
         self.saved_at: tuple[int, int] | None = None  # (epoch, step_in_epoch) of the last.pt we know of
         self._epoch_steps: int | None = None  # steps of the epoch being trained (None: outside one)
-        self.interrupt = GracefulInterrupt()
+        self.interrupt = distributed.TorchrunInterrupt() if self.distributed else GracefulInterrupt()
         #: called as ``callback(trainer)`` after each finished epoch (tests use it to interrupt).
         self.epoch_end_callbacks: list[Callable[["Trainer"], None]] = []
+        self._ddp: nn.Module | None = None  # the DDP-wrapped training step (distributed only)
+        if self.distributed:
+            self._ddp = distributed.wrap_ddp(_TrainingStep(method), self.device)
+        self._agreed_stop = False  # distributed: a stop request agreed by every rank at the last step
+        self._step_replaced: int | None = None  # distributed: this rank's --skip-corrupt count of the step
 
     # ------------------------------------------------------------------ checkpoints
     @property
@@ -182,6 +232,7 @@ class Trainer:
             "best_score": self.best_score,
             "best_epoch": self.best_epoch,
             "manifest_hash": self.data.manifest_hash,
+            "world_size": distributed.world_size(),  # processes that trained it (informative)
             # what a checkpoint needs to be used on its own (python -m dmlrs.retrieve)
             "model_spec": self.method.model.build_kwargs(),
             "method_name": self.method.name,
@@ -209,12 +260,18 @@ class Trainer:
         self.best_score = float(state["best_score"])
         self.best_epoch = int(state["best_epoch"])
         self.saved_at = (self.epoch, self.step_in_epoch)
+        trained_by, world = int(state.get("world_size", 1)), distributed.world_size()
+        if trained_by != world and (self.epoch or self.step_in_epoch):
+            print(f"note: {source} was trained by {trained_by} process(es), continued by {world}: the same global "
+                  "batches, but batch-norm statistics (without --sync-bn) and float sums differ, so the run is not "
+                  "bit-identical to an uninterrupted one", flush=True)
 
     def save(self, name: str) -> Path:
         """Write ``checkpoints/<name>.pt`` atomically, refusing a state with non-finite values."""
         self._check_state_is_finite(f"before writing {name}.pt ({self._position(self.epoch, self.step_in_epoch)})")
         path = self.checkpoint_dir / f"{name}.pt"
-        save_checkpoint(self.state_dict(), path)
+        if distributed.is_main():  # every rank holds the same state; rank 0 writes it
+            save_checkpoint(self.state_dict(), path)
         if name == "last":
             self.saved_at = (self.epoch, self.step_in_epoch)
         return path
@@ -222,13 +279,17 @@ class Trainer:
     # ------------------------------------------------------------------ training
     def fit(self) -> bool:
         """Train until ``config.epochs``; returns False when stopped by a signal (last.pt saved)."""
-        log = RunLog(self.run_dir, tensorboard=self.tensorboard)
+        check_batch_split(self.method, self.data, self.config.batch_size, self.config.seed)
+        main = distributed.is_main()
+        log = RunLog(self.run_dir, tensorboard=self.tensorboard) if main else NullRunLog()
+        self._agreed_stop = False
         try:
-            self._repair_after_kill(log)
+            if main:
+                self._repair_after_kill(log)
             with self.interrupt:
                 while self.epoch < self.config.epochs:
                     record = self._train_epoch()
-                    if self.interrupt.requested:
+                    if self._stop_requested():
                         self.save("last")
                         print(f"stopped during epoch {self.epoch + 1}: state saved to "
                               f"{self.checkpoint_dir / 'last.pt'}; continue with --resume", flush=True)
@@ -236,12 +297,20 @@ class Trainer:
                     self._finish_epoch(record, log)
                     for callback in self.epoch_end_callbacks:
                         callback(self)
-                    if self.interrupt.requested and self.epoch < self.config.epochs:
+                    stop = (distributed.any_true(self.interrupt.requested) if self.distributed
+                            else self.interrupt.requested)
+                    if stop and self.epoch < self.config.epochs:
                         print(f"stopped after epoch {self.epoch}; continue with --resume", flush=True)
                         return False
         finally:
             log.close()
+        distributed.dump_state_for_tests(self.method)
         return True
+
+    def _stop_requested(self) -> bool:
+        """Whether to stop after the step just taken: a signal here, or (distributed) on any rank
+        as agreed inside that step, so every rank stops after the same step."""
+        return self._agreed_stop if self.distributed else self.interrupt.requested
 
     def _repair_after_kill(self, log: RunLog) -> None:
         """Bring the run folder in line with the state just loaded (a no-op for a fresh run):
@@ -296,25 +365,30 @@ class Trainer:
             method.on_epoch_start(EpochContext(
                 self.epoch, lambda dataset: self.evaluator.extract(dataset, desc="refresh", seed=seed)))
             self.epoch_started = True
+        world = distributed.world_size()
+        shard = (distributed.rank(), world) if self.distributed else None  # this rank's slice of each batch
         batches = method.batch_sampler(data.train_labels, config.batch_size, seed)
         if batches is None:
-            batches = ShuffledBatches(len(data.train), config.batch_size, torch.Generator().manual_seed(seed))
+            batches = ShuffledBatches(len(data.train), config.batch_size, torch.Generator().manual_seed(seed),
+                                      min_last=2 * world)
         elif hasattr(batches, "set_epoch"):
             batches.set_epoch(self.epoch)
         total_steps = len(batches)
         if config.steps_per_epoch is not None:
             total_steps = min(total_steps, config.steps_per_epoch)
         pin = self.device.type == "cuda"
+        sharded = {"shard": shard} if shard is not None else {}
         loader = train_loader(data.train, config.batch_size, seed=seed, num_workers=config.num_workers,
-                              batch_sampler=batches, skip_batches=self.step_in_epoch, pin_memory=pin)
+                              batch_sampler=batches, skip_batches=self.step_in_epoch, pin_memory=pin, **sharded)
         unlabelled = None
         if getattr(data, "unlabelled", None) is not None:
             stream = ContinuingPasses(len(data.unlabelled), config.batch_size, seed=config.seed,
-                                      start_step=self.epoch * total_steps, num_steps=total_steps)
+                                      start_step=self.epoch * total_steps, num_steps=total_steps,
+                                      min_last=2 * world)
             unlabelled = iter(train_loader(data.unlabelled, config.batch_size, seed=seed,
                                            num_workers=config.num_workers, batch_sampler=stream,
                                            skip_batches=self.step_in_epoch, pin_memory=pin,
-                                           stream=UNLABELLED_STREAM))
+                                           stream=UNLABELLED_STREAM, **sharded))
         totals, every = self.totals, config.save_every_steps
         self._epoch_steps = total_steps  # _step reads the sums at the last step (and every --log-every)
         images_seen = 0
@@ -328,14 +402,20 @@ class Trainer:
             for batch in loader:
                 if self.step_in_epoch >= total_steps:
                     break
-                totals.add_replaced(batch.pop("replaced", None))  # host (loader) tensors: no device sync
+                flags = [batch.pop("replaced", None)]  # host (loader) tensors: no device sync
                 if unlabelled is not None:
                     extra = next(unlabelled)
-                    totals.add_replaced(extra.get("replaced"))
+                    flags.append(extra.get("replaced"))
                     batch["unlabelled"] = extra["image"]
+                if self.distributed:  # summed over the ranks inside the step
+                    counted = [int(torch.as_tensor(f).sum()) for f in flags if f is not None]
+                    self._step_replaced = sum(counted) if counted else None
+                else:
+                    for flag in flags:
+                        totals.add_replaced(flag)
                 self._step(batch)
                 method.set_input_checks(False)
-                images_seen += len(batch["image"])
+                images_seen += len(batch["image"]) * world  # the global batch
                 self.step_in_epoch += 1
                 faults.reached("step")  # test-only: a kill after a step, before its checkpoint
                 if every and self.step_in_epoch % every == 0 and self.step_in_epoch < total_steps:
@@ -343,7 +423,7 @@ class Trainer:
                 if totals.read is not None and totals.read[0] != shown[0]:
                     shown = self._show(bar, shown, totals.read, images_seen)
                 bar.update()
-                if self.interrupt.requested:
+                if self._stop_requested():
                     break
         finally:
             method.set_input_checks(True)  # a loss called outside the training loop checks its inputs
@@ -388,19 +468,29 @@ class Trainer:
                 if key in batch:
                     batch[key] = batch[key].contiguous(memory_format=torch.channels_last)
         with autocast(self.device, self.config.amp):
-            out = self.method.training_step(batch)
+            out = self._ddp(batch) if self._ddp is not None else self.method.training_step(batch)
         parts = {key: self._part(value) for key, value in out.items()}
         self.optimizer.zero_grad(set_to_none=True)
         # A non-finite loss is back-propagated too (its gradients are dropped below): checking it
         # before the backward would cost a second host sync per step.
         self.scaler.scale(out["loss"]).backward()
         gradients = not self.scaler.is_enabled()  # fp16: the scaler skips overflowing steps itself
+        finite = self._all_finite(parts, gradients)
+        agreed = []
+        if self.distributed:
+            distributed.average_batchnorm_buffers(self.method)
+            finite, parts, agreed = self._agree(finite, parts)
         sums = self.totals.with_step(parts)
-        probe = [self._all_finite(parts, gradients).double().reshape(1)]
+        probe = [finite.double().reshape(1), *agreed]
         read = self._read_due()
         if read:
             probe.extend(value.reshape(1) for value in sums.values())
         host = torch.cat(probe).tolist()  # the step's one device-to-host sync
+        if self.distributed:  # [finite, stop requests, replaced images, sums...]
+            self._agreed_stop = host[1] > 0
+            if self._step_replaced is not None:
+                self.totals.replaced = (self.totals.replaced or 0) + int(host[2])
+            host = [host[0], *host[3:]]
         if not host[0]:
             self._skip_or_stop(self._nonfinite_reason(parts, gradients))  # raises past the budget
             self.totals.skipped += 1
@@ -413,6 +503,20 @@ class Trainer:
         if read:
             self.totals.read = (self.totals.steps, dict(zip(sums, host[1:])))
         return parts
+
+    def _agree(self, finite: torch.Tensor, parts: dict[str, torch.Tensor]
+               ) -> tuple[torch.Tensor, dict[str, torch.Tensor], list[torch.Tensor]]:
+        """Distributed: ONE all-reduce (no host read) of this rank's finite flag, stop request,
+        ``--skip-corrupt`` count and loss parts. Returns (finite on every rank, the parts averaged
+        over the ranks -- the global-batch means of per-sample losses --, [stop requests, replaced
+        images] summed) as device tensors, the same on every rank."""
+        world, device = distributed.world_size(), finite.device
+        # torch.full writes the host values with a kernel argument: no copy that waits for the device
+        local = [finite.double(), torch.full((), float(self.interrupt.requested), dtype=torch.float64, device=device),
+                 torch.full((), float(self._step_replaced or 0), dtype=torch.float64, device=device)]
+        values = distributed.all_reduce_sum(torch.stack(local + [value.double() for value in parts.values()]))
+        averaged = {key: values[3 + i] / world for i, key in enumerate(parts)}
+        return values[0] == world, averaged, [values[1:3]]
 
     def _part(self, value) -> torch.Tensor:
         """A loss part as a detached 0-d tensor on the device (a float from a method: float64)."""
@@ -493,7 +597,15 @@ class Trainer:
 
     # ------------------------------------------------------------------ final report
     def load_best(self) -> int:
-        """Load ``best.pt`` (falls back to ``last.pt``) into the method; returns its epoch."""
+        """Load ``best.pt`` (falls back to ``last.pt``) into the method; returns its epoch. Under
+        torchrun rank 0 reads it and hands the weights to the others (no shared disk needed)."""
+        if self.distributed:
+            epoch = distributed.on_main(self._load_best_here)
+            distributed.broadcast_state(self.method)
+            return epoch
+        return self._load_best_here()
+
+    def _load_best_here(self) -> int:
         path = self.checkpoint_dir / "best.pt"
         if not path.is_file():
             path = self.checkpoint_dir / "last.pt"

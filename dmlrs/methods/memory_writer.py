@@ -12,12 +12,18 @@ SNCA-CE and CDNE both come in the two variants of Kang et al. (TGRS 2020, JSTARS
 
 The original code writes the memory inside the autograd backward of its memory layer; dmlrs
 writes it after ``optimizer.step()``. The values are the same (both are this step's features).
+
+Distributed training: :meth:`MemoryWriter.write` gathers the queued indices and values of every
+rank (their slices of the global batch, in rank order) and applies the global batch's update on
+every rank, so the banks stay identical and equal to a single process's. The EMA copy is
+advanced from the DDP-synchronised model, so it is the same on every rank too.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from dmlrs.engine.distributed import gather_batch
 from dmlrs.memory import MemoryBank, MomentumEncoder
 
 MEMORY_MODES = ("bank", "momentum")
@@ -49,9 +55,10 @@ class MemoryWriter(nn.Module):
 
     @torch.no_grad()
     def write(self) -> None:
+        """Apply the queued update (after the optimizer step); under DDP with every rank's slice."""
         if self._pending is None:
             return
-        indices, values = self._pending
+        indices, values = (gather_batch(tensor) for tensor in self._pending)
         if self.mode == "bank":
             self.memory.update(indices, values)
         else:

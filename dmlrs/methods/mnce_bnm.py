@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import torch
 
+from dmlrs.engine.distributed import gather_with_grad
 from dmlrs.losses import build_loss
 from dmlrs.methods.base import Method
 from dmlrs.models import EmbeddingModel
@@ -56,7 +57,8 @@ class MNCEBNM(Method):
         total = mnce
         unlabelled = batch.get("unlabelled")
         if unlabelled is not None:
-            bnm = self.bnm(self.bnm_logits(self.model(unlabelled)["embedding"]))
+            # BNM couples the batch: under torchrun it sees the gathered global unlabelled batch
+            bnm = self.bnm(self.bnm_logits(gather_with_grad(self.model(unlabelled)["embedding"])))
             total = total + self.bnm_weight * bnm
             losses["bnm"] = bnm.detach()
         return {"loss": total, **losses}

@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from dmlrs.engine.distributed import gather_batch, gather_with_grad
 from dmlrs.losses import LossChoice
 from dmlrs.memory import MemoryBank
 from dmlrs.methods.base import EpochContext, Method
@@ -65,7 +66,10 @@ class SNCACE(Method):
         self.writer.prepare(self.model, images)
         out = self.model(images)
         loss = self.metric_term
-        term = loss(out["embedding"], labels, indices=indices)
+        inputs = (out["embedding"], labels, indices)
+        if self.term != "snca":  # a replacement may couple the batch (triplets, miners): under torchrun
+            inputs = (gather_with_grad(inputs[0]), gather_batch(labels), gather_batch(indices))  # global batch
+        term = loss(inputs[0], inputs[1], indices=inputs[2])
         ce = F.cross_entropy(out["logits"].float(), labels)
         self.writer.remember(indices, out["embedding"])
         logs = getattr(loss, "last_logs", {})  # a replacement's own parts (e.g. PML's mined_tuples)

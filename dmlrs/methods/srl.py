@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from dmlrs.data.samplers import ClassBalancedBatchSampler
+from dmlrs.engine.distributed import gather_batch, gather_with_grad
 from dmlrs.losses import LossChoice
 from dmlrs.methods.base import Method
 from dmlrs.models import EmbeddingModel
@@ -48,9 +49,12 @@ class SRL(Method):
         return self.srl if self.term == "srl" else self.metric_loss
 
     def training_step(self, batch: dict) -> dict[str, torch.Tensor]:
-        embeddings = self.model(batch["image"])["embedding"]
+        # the loss couples the whole C x K batch: under torchrun it sees the gathered global batch
+        # (the single-process batch and gradient); one process: the gathers are no-ops
+        embeddings = gather_with_grad(self.model(batch["image"])["embedding"])
+        labels, indices = gather_batch(batch["label"]), batch.get("index")
         loss_module = self.metric_term
-        loss = loss_module(embeddings, batch["label"], indices=batch.get("index"))
+        loss = loss_module(embeddings, labels, indices=None if indices is None else gather_batch(indices))
         named = {} if self.term == "srl" else {self.term: loss.detach()}
         logs = {key: value for key, value in getattr(loss_module, "last_logs", {}).items() if key != "loss"}
         return {"loss": loss, **named, **logs}
