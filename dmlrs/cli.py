@@ -17,15 +17,15 @@ from typing import Callable
 
 import torch
 
-from dmlrs import cli_checks
+from dmlrs import cli_checks, config_file
 from dmlrs.data import build_data, get_spec, load_manifest, save_manifest
 from dmlrs.data.splits import DEFAULT_PROTOCOL, PROTOCOLS
-from dmlrs.engine import run_folder
+from dmlrs.engine import distributed, run_folder
 from dmlrs.engine.checkpoint import load_checkpoint
 from dmlrs.engine.config import (DEFAULT_LOG_EVERY, DEFAULT_SAVE_EVERY_STEPS, SELECT_METRICS, TrainConfig,
                                  check_select_metric)
 from dmlrs.engine.seeding import seed_everything, set_deterministic
-from dmlrs.engine.trainer import Trainer
+from dmlrs.engine.trainer import Trainer, check_batch_split
 from dmlrs.errors import DmlrsError
 from dmlrs.methods.base import Method
 from dmlrs.metrics import format_table
@@ -101,7 +101,8 @@ def base_parser(paper_batch_size: int = PAPER_BATCH_SIZE, paper_lr: float = PAPE
     optim = parser.add_argument_group("optimisation (defaults: the original code's)")
     optim.add_argument("-b", "--batch-size", "--batch_size", dest="batch_size", type=positive_int, default=None,
                        help=f"images per batch (default: {paper_batch_size}, the original's; {DEMO_BATCH_SIZE} "
-                            "for --dataset demo)")
+                            "for --dataset demo); under torchrun the GLOBAL batch, split evenly over the "
+                            "processes (a multiple of their number, >= 2 images each)")
     optim.add_argument("--epochs", type=positive_int, default=130)
     optim.add_argument("--lr", type=positive_float, default=None,
                        help=f"learning rate (default: {paper_lr} for ImageNet weights; "
@@ -112,6 +113,9 @@ def base_parser(paper_batch_size: int = PAPER_BATCH_SIZE, paper_lr: float = PAPE
     optim.add_argument("--lr-gamma", type=decay_factor, default=0.5, help="StepLR factor, in (0, 1]")
     optim.add_argument("--no-nesterov", dest="nesterov", action="store_false")
     run = parser.add_argument_group("run")
+    run.add_argument("--config", default=None, metavar="FILE",
+                     help="YAML or JSON file of flags without leading dashes (its 'args:' mapping if it has "
+                          "one, e.g. configs/<paper>/<row>.yaml); flags on the command line override it")
     run.add_argument("--out", default="runs", help="runs go to OUT/<method>/<dataset>/<timestamp>/")
     run.add_argument("--resume", default=None, metavar="CKPT|auto",
                      help="continue from a checkpoint, or 'auto': the latest run with the same settings")
@@ -132,6 +136,12 @@ def base_parser(paper_batch_size: int = PAPER_BATCH_SIZE, paper_lr: float = PAPE
                      help="cap the optimizer steps per epoch (quick checks)")
     run.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     run.add_argument("--no-tensorboard", dest="tensorboard", action="store_false")
+    run.add_argument("--sync-bn", action="store_true",
+                     help="under torchrun: batch norm over the global batch (SyncBatchNorm on GPUs) instead of each "
+                          "process's slice; no effect in a single process")
+    run.add_argument("--no-pictures", dest="pictures", action="store_false",
+                     help="do not draw <run>/pictures/ (retrieval gallery, t-SNE map, AP bars, precision-recall) "
+                          "after the test report (by default they are drawn, also into TensorBoard)")
     run.add_argument("--save-every-steps", type=non_negative_int, default=DEFAULT_SAVE_EVERY_STEPS, metavar="N",
                      help="also write checkpoints/last.pt every N optimizer steps inside an epoch, so a kill "
                           "loses at most N steps; 0: only at epoch ends, which always save. The default, "
@@ -240,8 +250,9 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
                        channels_last=args.channels_last, seed=args.seed, deterministic=args.deterministic,
                        num_workers=args.num_workers, eval_every=args.eval_every,
                        select_metric=args.select_metric, steps_per_epoch=args.steps_per_epoch,
-                       progress=args.progress, save_every_steps=args.save_every_steps, log_every=args.log_every,
-                       skip_nonfinite=args.skip_nonfinite)
+                       progress=args.progress and distributed.is_main(),  # bars on rank 0 only
+                       save_every_steps=args.save_every_steps, log_every=args.log_every,
+                       skip_nonfinite=args.skip_nonfinite, sync_bn=getattr(args, "sync_bn", False))
 
 
 def dataset_label(dataset: str) -> str:
@@ -262,6 +273,12 @@ def main(method_name: str, description: str | None, add_arguments, build_method:
     (``given``: the destinations set on the command line); it runs before the dataset is scanned."""
     parser = make_parser(description, add_arguments, defaults, paper_batch_size=paper_batch_size,
                          paper_lr=paper_lr)
+    try:  # --config FILE: its flags go in front of the command line's, which override them
+        argv = config_file.expand_argv(parser, sys.argv[1:] if argv is None else list(argv),
+                                       script=cli_checks.script_of(method_name))
+    except DmlrsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)  # a bad flag value: one "error: argument --flag: ..." line, exit 2
     try:
         given = cli_checks.explicit_dests(parser, argv)
@@ -280,25 +297,49 @@ def main(method_name: str, description: str | None, add_arguments, build_method:
 
 def run(method_name: str, args: argparse.Namespace, build_method: BuildMethod, *,
         paper_batch_size: int = PAPER_BATCH_SIZE, paper_lr: float = PAPER_LR) -> int:
+    """Train (or ``--evaluate``) and write the run folder. Under torchrun every process runs this:
+    rank 0 picks and creates the run folder and writes every file, the others get the folder from
+    it and take part in training and evaluation (``dmlrs/engine/distributed.py``)."""
+    distributed.setup(args.device)  # joins torchrun's process group; nothing without torchrun
+    try:
+        status = _run(method_name, args, build_method, paper_batch_size=paper_batch_size, paper_lr=paper_lr)
+    except BaseException:
+        distributed.shutdown(clean=False)  # this rank leaves at once; torchrun stops the others
+        raise
+    distributed.shutdown()
+    return status
+
+
+def _run(method_name: str, args: argparse.Namespace, build_method: BuildMethod, *,
+         paper_batch_size: int, paper_lr: float) -> int:
     for note in resolve_dataset_defaults(args, paper_batch_size, paper_lr):
         print(note, flush=True)
     settings = _fingerprint_settings({**vars(args), "method": method_name})
     label = dataset_label(args.dataset)
-    run_dir, checkpoint = _resume_target(args, method_name, label, settings)
-    split_file = args.split_file
-    # --resume auto may give a run folder without a checkpoint yet
-    run_home = checkpoint.parent.parent if checkpoint is not None else run_dir
-    if split_file is None and run_home is not None and (run_home / "split.json").is_file():
-        split_file = run_home / "split.json"
-        load_manifest(split_file)  # the run's split.json is damaged: one error before the data scan
-    state = load_checkpoint(checkpoint) if checkpoint is not None else None  # damaged: one error, before the scan
-    data = build_data(args.dataset, args.data, img_size=args.img_size, split_file=split_file, seed=args.seed,
-                      train_per=getattr(args, "train_per", None),
-                      transductive=getattr(args, "transductive", False),
-                      noise_type=getattr(args, "noiseType", None), noise_rate=getattr(args, "noiseRate", 0.0),
-                      skip_corrupt=args.skip_corrupt, split_protocol=args.split_protocol,
-                      input_pipeline=getattr(args, "input_pipeline", "cached"),
-                      cache_progress=None if args.progress else False)
+    # rank 0 decides (--resume auto looks at the run folders); every rank follows its choice
+    run_dir, checkpoint = distributed.on_main(lambda: _resume_target(args, method_name, label, settings))
+
+    def run_files():
+        split_file = args.split_file
+        # --resume auto may give a run folder without a checkpoint yet
+        run_home = checkpoint.parent.parent if checkpoint is not None else run_dir
+        if split_file is None and run_home is not None and (run_home / "split.json").is_file():
+            split_file = run_home / "split.json"
+            load_manifest(split_file)  # the run's split.json is damaged: one error before the data scan
+        if checkpoint is not None and not distributed.is_main() and not checkpoint.is_file():
+            raise DmlrsError(f"{checkpoint} (chosen by rank 0) is not visible to process {distributed.rank()}: to "
+                             "resume on several nodes, --out must be a filesystem every node shares")
+        state = load_checkpoint(checkpoint) if checkpoint is not None else None  # damaged: one error, before the scan
+        return split_file, state
+
+    split_file, state = distributed.everywhere(run_files)
+    data = distributed.main_first(lambda: build_data(  # rank 0 of each node first: it fills the image cache
+        args.dataset, args.data, img_size=args.img_size, split_file=split_file, seed=args.seed,
+        train_per=getattr(args, "train_per", None), transductive=getattr(args, "transductive", False),
+        noise_type=getattr(args, "noiseType", None), noise_rate=getattr(args, "noiseRate", 0.0),
+        skip_corrupt=args.skip_corrupt, split_protocol=args.split_protocol,
+        input_pipeline=getattr(args, "input_pipeline", "cached"),
+        cache_progress=None if args.progress and distributed.is_main() else False))
     print(data.summary(), flush=True)
     seed_everything(args.seed)
     set_deterministic(args.deterministic)
@@ -307,26 +348,38 @@ def run(method_name: str, args: argparse.Namespace, build_method: BuildMethod, *
     if state is not None:  # checked before anything is created or loaded: a mismatch is one error
         cli_checks.check_checkpoint_fits(state, method, checkpoint, resume=not args.evaluate, args=args)
         _checked(state, data, checkpoint)
-    if run_dir is None:
-        run_dir = run_folder.create_run_dir(args.out, method_name, label)
+    if not args.evaluate:  # torchrun: the global batch splits evenly (checked before anything is created)
+        check_batch_split(method, data, args.batch_size, args.seed)
+    if run_dir is None:  # one folder, made by rank 0 (its timestamp) and handed to the others
+        run_dir = distributed.on_main(lambda: run_folder.create_run_dir(args.out, method_name, label))
     config_path = run_dir / "config.json"
-    if not config_path.is_file():
+    if distributed.is_main() and not config_path.is_file():
         run_folder.write_json(config_path, {"method": method_name, "args": vars(args),
                                             "fingerprint": run_folder.fingerprint(settings),
-                                            "environment": run_folder.environment_info()})
+                                            "environment": run_folder.environment_info(),
+                                            "processes": distributed.world_size()})
         save_manifest(data.manifest, run_dir / "split.json")
     trainer = Trainer(method, data, train_config(args), run_dir, tensorboard=args.tensorboard)
     print(f"run folder: {run_dir}", flush=True)
     if args.evaluate:
         trainer.method.load_state_dict(state["method"])
-        return _write_report(trainer, run_dir, source=str(checkpoint))
+        return _report(trainer, run_dir, source=str(checkpoint), pictures=args.pictures)
     if state is not None:
         trainer.load_state_dict(state, source=str(checkpoint))
         print(f"resumed from {checkpoint} after epoch {trainer.epoch}", flush=True)
     if not trainer.fit():
         return 130
     trainer.load_best()
-    return _write_report(trainer, run_dir, source=f"best.pt (epoch {trainer.best_epoch})")
+    return _report(trainer, run_dir, source=f"best.pt (epoch {trainer.best_epoch})", pictures=args.pictures)
+
+
+def _report(trainer: Trainer, run_dir: Path, *, source: str, pictures: bool) -> int:
+    """The test report: written and printed by rank 0; under torchrun the other ranks take part
+    in its embedding passes (collective) and write nothing."""
+    if distributed.is_main():
+        return _write_report(trainer, run_dir, source=source, pictures=pictures)
+    trainer.evaluator.test_report()
+    return 0
 
 
 def _fingerprint_settings(settings: dict) -> dict:
@@ -369,12 +422,18 @@ def _checked(state: dict, data, checkpoint: Path) -> dict:
     return state
 
 
-def _write_report(trainer: Trainer, run_dir: Path, *, source: str) -> int:
+def _write_report(trainer: Trainer, run_dir: Path, *, source: str, pictures: bool = True) -> int:
+    """Write and print the test report, then (``pictures``) draw ``<run>/pictures/``: a picture
+    that fails is one warning line, never an error (the report is already saved)."""
     report = trainer.evaluator.test_report()
     run_folder.write_json(run_dir / "test_metrics.json", report)
     print(f"\nTest split report ({source}):")
     print(format_report(report))
     print(f"saved to {run_dir / 'test_metrics.json'}")
+    if pictures:
+        from dmlrs.visualize.run_pictures import pictures_after_report  # matplotlib/sklearn: loaded only here
+
+        pictures_after_report(trainer, run_dir, report)
     return 0
 
 
