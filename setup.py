@@ -20,6 +20,7 @@ setup(
         "tqdm>=4.60",
         "Pillow>=9.0",
         "matplotlib>=3.7",
+        "PyYAML>=5.1",  # --config files and configs/<paper>/<row>.yaml
     ],
     extras_require={"test": ["pytest>=7"], "pml": ["pytorch-metric-learning"],
                     "faiss": ["faiss-cpu"]},

@@ -279,6 +279,7 @@ def main(method_name: str, description: str | None, add_arguments, build_method:
     except DmlrsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    flag_defaults = vars(parser.parse_args([]))  # --resume auto: flags newer than a run take these
     args = parser.parse_args(argv)  # a bad flag value: one "error: argument --flag: ..." line, exit 2
     try:
         given = cli_checks.explicit_dests(parser, argv)
@@ -289,20 +290,23 @@ def main(method_name: str, description: str | None, add_arguments, build_method:
         cli_checks.check_arguments(args)
         if check_args is not None:
             check_args(args, given)
-        return run(method_name, args, build_method, paper_batch_size=paper_batch_size, paper_lr=paper_lr)
+        return run(method_name, args, build_method, paper_batch_size=paper_batch_size, paper_lr=paper_lr,
+                   flag_defaults=flag_defaults)
     except DmlrsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
 
 def run(method_name: str, args: argparse.Namespace, build_method: BuildMethod, *,
-        paper_batch_size: int = PAPER_BATCH_SIZE, paper_lr: float = PAPER_LR) -> int:
+        paper_batch_size: int = PAPER_BATCH_SIZE, paper_lr: float = PAPER_LR,
+        flag_defaults: dict | None = None) -> int:
     """Train (or ``--evaluate``) and write the run folder. Under torchrun every process runs this:
     rank 0 picks and creates the run folder and writes every file, the others get the folder from
     it and take part in training and evaluation (``dmlrs/engine/distributed.py``)."""
     distributed.setup(args.device)  # joins torchrun's process group; nothing without torchrun
     try:
-        status = _run(method_name, args, build_method, paper_batch_size=paper_batch_size, paper_lr=paper_lr)
+        status = _run(method_name, args, build_method, paper_batch_size=paper_batch_size, paper_lr=paper_lr,
+                      flag_defaults=flag_defaults)
     except BaseException:
         distributed.shutdown(clean=False)  # this rank leaves at once; torchrun stops the others
         raise
@@ -311,13 +315,14 @@ def run(method_name: str, args: argparse.Namespace, build_method: BuildMethod, *
 
 
 def _run(method_name: str, args: argparse.Namespace, build_method: BuildMethod, *,
-         paper_batch_size: int, paper_lr: float) -> int:
+         paper_batch_size: int, paper_lr: float, flag_defaults: dict | None = None) -> int:
     for note in resolve_dataset_defaults(args, paper_batch_size, paper_lr):
         print(note, flush=True)
     settings = _fingerprint_settings({**vars(args), "method": method_name})
     label = dataset_label(args.dataset)
     # rank 0 decides (--resume auto looks at the run folders); every rank follows its choice
-    run_dir, checkpoint = distributed.on_main(lambda: _resume_target(args, method_name, label, settings))
+    run_dir, checkpoint = distributed.on_main(lambda: _resume_target(args, method_name, label, settings,
+                                                                         flag_defaults))
 
     def run_files():
         split_file = args.split_file
@@ -389,8 +394,10 @@ def _fingerprint_settings(settings: dict) -> dict:
     return {**settings, "dataset": dataset_label(str(settings.get("dataset")))}
 
 
-def _resume_target(args, method_name: str, label: str, settings: dict) -> tuple[Path | None, Path | None]:
-    """``(run folder to continue or None, checkpoint to load or None)``."""
+def _resume_target(args, method_name: str, label: str, settings: dict,
+                   flag_defaults: dict | None = None) -> tuple[Path | None, Path | None]:
+    """``(run folder to continue or None, checkpoint to load or None)``. ``flag_defaults``: the
+    parser's defaults, for flags that did not exist when an earlier run was made."""
     if args.evaluate:
         checkpoint = Path(args.evaluate)
         if not checkpoint.is_file():
@@ -398,7 +405,7 @@ def _resume_target(args, method_name: str, label: str, settings: dict) -> tuple[
         return None, checkpoint
     if args.resume == "auto":
         run_dir = run_folder.find_resumable_run(args.out, method_name, label, settings,
-                                                normalize=_fingerprint_settings)
+                                                normalize=_fingerprint_settings, defaults=flag_defaults)
         if run_dir is None:
             print("--resume auto: no earlier run with these settings, starting a new one", flush=True)
             return None, None

@@ -394,7 +394,7 @@ def test_torch_ranking_equals_an_explicit_loop_with_ties_by_archive_order(kind):
 
 @pytest.mark.parametrize("kind", ["cosine", "hamming"])
 def test_faiss_and_torch_rank_identically_ties_at_the_cut_aside(kind, checkpoints, tmp_path, capsys):
-    pytest.importorskip("faiss", reason="faiss is the optional extra dmlrs[faiss]")
+    import faiss  # noqa: F401  (the optional extra dmlrs[faiss]; requirements.txt installs it for the tests)
     cases = [_random_case(kind, seed) for seed in (1, 2)]
     # and the vectors of a generated archive encoded by a trained checkpoint
     out = tmp_path / "out"

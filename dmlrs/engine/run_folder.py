@@ -58,14 +58,16 @@ def fingerprint(settings: dict) -> str:
 
 
 def find_resumable_run(out: str | Path, method: str, dataset: str, settings: dict,
-                       normalize=None) -> Path | None:
+                       normalize=None, defaults: dict | None = None) -> Path | None:
     """The newest training run of the same method, dataset and fingerprint (``--evaluate`` folders
     are not training runs). It may have no ``checkpoints/last.pt`` yet: killed before its first
     checkpoint, it is started again in place rather than left behind.
 
     A candidate's fingerprint is recomputed from ``{**config["args"], "method": config["method"]}``
     passed through ``normalize`` (the caller's own normalisation of ``settings``, if any), so a
-    change of :data:`RUNTIME_ONLY` does not orphan earlier runs."""
+    change of :data:`RUNTIME_ONLY` does not orphan earlier runs. ``defaults`` (the flags' default
+    values) fill the settings a candidate's config.json lacks, so a flag added to dmlrs after the
+    run was made matches when it is left at its default (the run was made with that behaviour)."""
     base = Path(out) / safe_name(method) / safe_name(dataset)
     wanted = fingerprint(settings)
     for run_dir in sorted(base.glob("*"), reverse=True):
@@ -74,7 +76,7 @@ def find_resumable_run(out: str | Path, method: str, dataset: str, settings: dic
             continue
         try:
             saved = json.loads(config.read_text())
-            candidate = {**saved.get("args", {}), "method": saved.get("method", method)}
+            candidate = {**(defaults or {}), **saved.get("args", {}), "method": saved.get("method", method)}
         except (OSError, json.JSONDecodeError, AttributeError, TypeError):
             continue
         if candidate.get("evaluate"):

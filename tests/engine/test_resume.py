@@ -100,3 +100,27 @@ def test_bad_checkpoint_and_missing_data_are_one_line_errors(scenes, tmp_path, c
     assert run_script("SNCA_CE", argv_for(tmp_path / "nowhere", tmp_path / "r")) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and "nowhere" in err and "Traceback" not in err
+
+
+def test_resume_auto_finds_a_run_made_before_a_flag_existed(scenes, tmp_path, capsys):
+    """A run whose config.json lacks flags added to dmlrs later (here --sync-bn and --no-pictures,
+    left at their defaults now) is still the run --resume auto continues; one made with another
+    value of a flag it does record is not."""
+    out = tmp_path / "runs"
+    argv = ["--dataset", str(scenes), "--epochs", "1", "--steps-per-epoch", "1", "--out", str(out), *FAST]
+    assert run_script("SNCA_CE", argv) == 0
+    run_dir = only_run_dir(out)
+    config = read_json(run_dir / "config.json")
+    for newer in ("sync_bn", "pictures"):
+        del config["args"][newer]
+    config.pop("fingerprint")
+    (run_dir / "config.json").write_text(json.dumps(config))
+    capsys.readouterr()
+    argv_2 = list(argv)
+    argv_2[argv_2.index("--epochs") + 1] = "2"
+    assert run_script("SNCA_CE", [*argv_2, "--resume", "auto"]) == 0
+    printed = capsys.readouterr().out
+    assert f"resumed from {run_dir / 'checkpoints' / 'last.pt'} after epoch 1" in printed
+    assert only_run_dir(out) == run_dir
+    assert run_script("SNCA_CE", [*argv_2, "--resume", "auto", "--lr", "0.05"]) == 0
+    assert "no earlier run with these settings" in capsys.readouterr().out
