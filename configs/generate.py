@@ -29,21 +29,16 @@ SNCA_PAPER = "Kang et al., TGRS 2020"
 #: Fig. 4 of the SNCA-CE paper (shared/reference/paper_results.md), NWPU-RESISC45 only
 SNCA_FIG4_KNN = {"snca_ce_mu": 94.1, "snca_ce_mb": 94.0, "snca_mu": 93.9, "snca_mb": 92.3}
 SNCA_ONLY_NOTE = (
-    "SNCA alone: train_SNCA_CE has no weight for its cross-entropy term (loss = lambda_ * SNCA + CE), so this "
-    "row runs CDNE's loss with --ce-weight 0 --quant-weight 0: lambda_ * SNCA on the L2-normalised FC(128) "
-    "output of the same model, the same memory (normalised slots, same momentum schedule or EMA encoder), "
-    "and best.pt chosen by kNN accuracy as SNCA-CE (the unused class head only decays). The run folder is "
-    "a CDNE one and its report adds Hamming metrics.")
+    "SNCA alone: the SNCA-CE script with --ce-weight 0 (loss = lambda_ * SNCA): the same model, memory and "
+    "schedule as SNCA-CE; the class head gets no gradient (it only decays).")
 
 
 def snca_ce_rows():
     variants = (
         ("snca_ce_mb", "SNCA-CE (MB)", "train_SNCA_CE/main.py", {"lambda_": 1}, None),
         ("snca_ce_mu", "SNCA-CE (MU)", "train_SNCA_CE_MC/main.py", {}, None),
-        ("snca_mb", "SNCA (MB)", "train_CDNE/main.py",
-         {"memory": "bank", "ce-weight": 0, "quant-weight": 0, "select-metric": "knn_acc"}, SNCA_ONLY_NOTE),
-        ("snca_mu", "SNCA (MU)", "train_CDNE/main.py",
-         {"memory": "momentum", "ce-weight": 0, "quant-weight": 0, "select-metric": "knn_acc"}, SNCA_ONLY_NOTE),
+        ("snca_mb", "SNCA (MB)", "train_SNCA_CE/main.py", {"ce-weight": 0}, SNCA_ONLY_NOTE),
+        ("snca_mu", "SNCA (MU)", "train_SNCA_CE_MC/main.py", {"ce-weight": 0}, SNCA_ONLY_NOTE),
         ("softmax", "Softmax (cross-entropy) baseline", "train_SNCA_CE/main.py", {"lambda_": 0},
          "The softmax baseline: --lambda_ 0 leaves the cross-entropy term of SNCA-CE on the same model."),
     )

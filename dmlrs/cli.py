@@ -193,6 +193,20 @@ def add_snca_arguments(group) -> None:
                             "softmax/cross-entropy baseline)")
 
 
+def add_ce_weight_argument(group, *, alone: str | None = None) -> None:
+    """Weight of the cross-entropy term (SNCA-CE MB/MU, CDNE; the originals: 1, no flag)."""
+    group.add_argument("--ce-weight", type=non_negative_float, default=1.0,
+                       help="weight of the cross-entropy term (the original: 1, no flag)"
+                            + (f"; 0: {alone}" if alone else ""))
+
+
+def check_snca_ce_weights(args: argparse.Namespace) -> None:
+    """SNCA-CE: ``--lambda_ 0 --ce-weight 0`` would leave nothing to train."""
+    if args.lambda_ == 0 and args.ce_weight == 0:
+        raise DmlrsError("--lambda_ 0 and --ce-weight 0 leave no loss to train: --lambda_ 0 is the softmax baseline, "
+                         "--ce-weight 0 is SNCA alone; give one of them a weight > 0")
+
+
 def make_parser(description: str | None, add_arguments: Callable[[argparse.ArgumentParser], None] | None,
                 defaults: dict | None = None, *, paper_batch_size: int = PAPER_BATCH_SIZE,
                 paper_lr: float = PAPER_LR) -> argparse.ArgumentParser:

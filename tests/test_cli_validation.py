@@ -76,6 +76,8 @@ BAD_FLAGS = [
     ("SNCA_CE", ["--memory-momentum", "1"], "--memory-momentum"),
     ("SNCA_CE_MC", ["--ema", "1"], "--ema"),
     ("SNCA_CE_MC", ["--ema", "-0.5"], "--ema"),
+    ("SNCA_CE", ["--ce-weight", "-1"], "--ce-weight"),
+    ("SNCA_CE_MC", ["--lambda_", "0", "--ce-weight", "0"], "--ce-weight 0"),
     ("CDNE", ["--ce-weight", "-1"], "--ce-weight"),
     ("CDNE", ["--quant-weight", "nan"], "--quant-weight"),
     ("CDNE", ["--lambda_", "0", "--ce-weight", "0", "--quant-weight", "0"], "--quant-weight"),

@@ -63,9 +63,10 @@ def row(key):
 
 def test_baselines_resolve_to_the_intended_losses():
     assert resolved_args(row("snca_ce/aid_softmax"))["lambda_"] == 0.0
-    snca_only = resolved_args(row("snca_ce/aid_snca_mu"))
-    assert (snca_only["ce_weight"], snca_only["quant_weight"], snca_only["lambda_"]) == (0.0, 0.0, 1.0)
-    assert snca_only["memory"] == "momentum" and snca_only["select_metric"] == "knn_acc"
+    snca_only = resolved_args(row("snca_ce/aid_snca_mu"))  # SNCA alone: the MU script without its CE term
+    assert (snca_only["ce_weight"], snca_only["lambda_"], snca_only["ema"]) == (0.0, 1.0, 0.999)
+    assert row("snca_ce/aid_snca_mu").script == "train_SNCA_CE_MC/main.py"
+    assert snca_only["select_metric"] == "knn_acc"
     nsl = resolved_args(row("trnsl/nwpu_nsl_dep_50"))
     assert nsl["truncated"] is False and nsl["q"] == 1e-6 and nsl["noiseType"] == "pairflip"
     assert nsl["noiseRate"] == 0.5 and nsl["dataset"] == "NWPU-RESISC45"

@@ -30,8 +30,7 @@ def add_arguments(group):
     group.add_argument("--memory", default="bank", choices=MEMORY_MODES,
                        help="bank: CDNE (MB), momentum averaging; momentum: CDNE (MU), EMA encoder")
     cli.add_snca_arguments(group)
-    group.add_argument("--ce-weight", type=cli.non_negative_float, default=1.0,
-                       help="weight of the cross-entropy term (the original: 1, no flag)")
+    cli.add_ce_weight_argument(group)
     group.add_argument("--quant-weight", type=cli.non_negative_float, default=1.0,
                        help="weight of the quantization term (the original: 1, no flag)")
     group.add_argument("--code-activation", default="none", choices=sorted(CODE_ACTIVATIONS),

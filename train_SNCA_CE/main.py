@@ -22,18 +22,20 @@ LOSS_TERM = loss_option.LossTerm("snca", ("temperature", "margin"), SNCACE.LOSS_
 
 def add_arguments(group):
     cli.add_snca_arguments(group)
+    cli.add_ce_weight_argument(group, alone="SNCA alone, the paper's SNCA (MB) baseline")
     cli.add_memory_momentum_argument(group)
     loss_option.add_loss_arguments(group, LOSS_TERM)
 
 
 def check_args(args, given):
+    cli.check_snca_ce_weights(args)
     loss_option.check_loss_arguments(args, given, LOSS_TERM)
 
 
 def build(args, data):
     model = cli.model_from_args(args, num_classes=data.num_classes)
     return SNCACE(model, data.train_labels, memory_mode="bank", temperature=args.temperature,
-                  margin=args.margin, lambda_=args.lambda_, memory_momentum=args.memory_momentum,
+                  margin=args.margin, lambda_=args.lambda_, ce_weight=args.ce_weight, memory_momentum=args.memory_momentum,
                   loss=loss_option.loss_choice(args, LOSS_TERM), num_classes=data.num_classes)
 
 

@@ -1,13 +1,14 @@
 """SNCA-CE (Kang et al., "Deep Metric Learning based on Scalable Neighborhood Components for
 Remote Sensing Scene Characterization", TGRS 2020).
 
-    L = lambda * L_SNCA(f, memory) + CE(W f_raw, y)
+    L = lambda * L_SNCA(f, memory) + w_ce * CE(W f_raw, y)
 
 ``f`` is the L2-normalised embedding, ``f_raw`` the un-normalised FC output that feeds the class
 head. The memory holds one slot per training image and is filled either by momentum averaging
 (SNCA-CE (MB), ``train_SNCA_CE``) or by a momentum encoder (SNCA-CE (MU), ``train_SNCA_CE_MC``).
 ``lambda`` weights the SNCA term, as ``--lambda_`` in the original SNCA-CE (MB) script (its MU
-script has no such flag: lambda = 1); ``lambda = 0`` is the plain softmax (CE) baseline.
+script has no such flag: lambda = 1); ``lambda = 0`` is the plain softmax (CE) baseline; ``w_ce`` (``--ce-weight``, the original: 1,
+no flag) = 0 is SNCA alone, the paper's SNCA (MB)/(MU) baseline.
 Paper defaults: T = 0.05, lambda = 1, memory momentum 0.5 -> 0.8 at epoch 80 -> 0.9 at epoch
 120, EMA 0.999 with batch-statistics batch norm.
 
@@ -39,10 +40,11 @@ class SNCACE(Method):
     def __init__(self, model: EmbeddingModel, train_labels: torch.Tensor, *, memory_mode: str = "bank",
                  temperature: float = 0.05, margin: float = 0.0, lambda_: float = 1.0,
                  memory_momentum: float = 0.5, ema_decay: float = 0.999, ema_bn: str = "train",
-                 loss: LossChoice | None = None, num_classes: int | None = None):
+                 ce_weight: float = 1.0, loss: LossChoice | None = None, num_classes: int | None = None):
         super().__init__()
         self.model = model
         self.lambda_ = lambda_
+        self.ce_weight = ce_weight
         memory = MemoryBank(len(train_labels), model.dim, momentum=memory_momentum,
                             schedule=MOMENTUM_SCHEDULE)
         self.writer = MemoryWriter(memory, memory_mode, model, ema_decay, ema_bn=ema_bn)
@@ -74,7 +76,7 @@ class SNCACE(Method):
         self.writer.remember(indices, out["embedding"])
         logs = getattr(loss, "last_logs", {})  # a replacement's own parts (e.g. PML's mined_tuples)
         extra = {key: value for key, value in logs.items() if key not in ("loss", "ce", self.term)}
-        return {"loss": self.lambda_ * term + ce, self.term: term.detach(), "ce": ce.detach(), **extra}
+        return {"loss": self.lambda_ * term + self.ce_weight * ce, self.term: term.detach(), "ce": ce.detach(), **extra}
 
     def after_optimizer_step(self) -> None:
         self.writer.write()

@@ -37,6 +37,17 @@ def test_snca_ce_lambda_weights_the_snca_term(lambda_):
     assert out["loss"].item() == pytest.approx(lambda_ * out["snca"].item() + out["ce"].item(), rel=1e-6)
 
 
+@pytest.mark.parametrize("ce_weight", [0.0, 0.5])
+def test_snca_ce_ce_weight_weights_the_cross_entropy_and_zero_is_snca_alone(ce_weight):
+    labels = torch.arange(12) % NUM_CLASSES
+    method = SNCACE(tiny_model(num_classes=NUM_CLASSES), labels, lambda_=1.5, ce_weight=ce_weight)
+    out = method.training_step(batch())
+    assert out["loss"].item() == pytest.approx(1.5 * out["snca"].item() + ce_weight * out["ce"].item(), rel=1e-6)
+    out["loss"].backward()
+    head_grad = method.model.classifier.fc.weight.grad
+    assert (head_grad is None or not head_grad.any()) == (ce_weight == 0)  # SNCA alone: no gradient to the class head
+
+
 def test_snca_ce_lambda_zero_is_the_plain_softmax_baseline():
     labels = torch.arange(12) % NUM_CLASSES
     method = SNCACE(tiny_model(num_classes=NUM_CLASSES), labels, lambda_=0.0)
