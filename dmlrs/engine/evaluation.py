@@ -36,6 +36,7 @@ from dmlrs.engine.device import autocast
 from dmlrs.engine.loaders import eval_loader
 from dmlrs.methods.base import Method
 from dmlrs.metrics import hamming_metrics, hamming_precision_at, knn_accuracy, retrieval_metrics
+from dmlrs.metrics.retrieval import default_ks
 
 
 class Evaluator:
@@ -128,7 +129,10 @@ class Evaluator:
 
         The extracted embeddings stay on ``self.test_embeddings`` (CPU tensors, dataset order:
         ``query``/``query_labels`` of the test split, ``gallery``/``gallery_labels`` of the train
-        split) for the run's pictures (:mod:`dmlrs.visualize.run_pictures`)."""
+        split) for the run's pictures (:mod:`dmlrs.visualize.run_pictures`).
+
+        P@k / R@k are reported for the default cut-offs plus the method's ``report_ks`` (its
+        paper's), in both retrieval reports, for the k below the number of items a query ranks."""
         data = self.data
         gallery, gallery_labels, _ = self.extract(data.train_eval, desc="embed train")
         query, query_labels, _ = self.extract(data.test, desc="embed test")
@@ -136,12 +140,15 @@ class Evaluator:
                                 "gallery_labels": gallery_labels}
         gallery, gallery_labels, query, query_labels = self._on_metric_device(gallery, gallery_labels, query,
                                                                               query_labels)
-        retrieval = retrieval_metrics(query, query_labels, gallery, gallery_labels)
+        extra = self.method.report_ks
+        retrieval = retrieval_metrics(query, query_labels, gallery, gallery_labels,
+                                      ks=default_ks(gallery.shape[0], extra=extra))
         per_class = retrieval.pop("AP_per_class")
         report = {
             "knn_acc": knn_accuracy(gallery, gallery_labels, query, query_labels, k=self.knn_k),
             "retrieval": retrieval,
-            "retrieval_leave_one_out": _without_per_class(retrieval_metrics(query, query_labels)),
+            "retrieval_leave_one_out": _without_per_class(
+                retrieval_metrics(query, query_labels, ks=default_ks(query.shape[0] - 1, extra=extra))),
             "AP_per_class": {data.classes[int(label)]: value for label, value in sorted(per_class.items())},
         }
         if data.noise is not None:

@@ -233,13 +233,21 @@ class Trainer:
             "best_epoch": self.best_epoch,
             "manifest_hash": self.data.manifest_hash,
             "world_size": distributed.world_size(),  # processes that trained it (informative)
-            # what a checkpoint needs to be used on its own (python -m dmlrs.retrieve)
-            "model_spec": self.method.model.build_kwargs(),
-            "method_name": self.method.name,
-            "hashing": self.method.hashing,
-            "classes": list(self.data.classes),
-            "image_size": int(self.data.image_size),
+            **self._description(),
         }
+
+    def _description(self) -> dict:
+        """What a checkpoint needs to be used without its run folder (``python -m dmlrs.retrieve``):
+        ``model_spec``, ``method_name``, ``hashing``, ``classes``, ``image_size``. A model that is
+        not an ``EmbeddingModel`` (a test's stand-in) has no ``model_spec``."""
+        description = {"method_name": self.method.name, "hashing": self.method.hashing,
+                       "classes": list(self.data.classes)}
+        build_kwargs = getattr(self.method.model, "build_kwargs", None)
+        if build_kwargs is not None:
+            description["model_spec"] = build_kwargs()
+        if getattr(self.data, "image_size", None) is not None:
+            description["image_size"] = int(self.data.image_size)
+        return description
 
     def load_state_dict(self, state: dict, *, source: str = "checkpoint") -> None:
         if state.get("manifest_hash") != self.data.manifest_hash:

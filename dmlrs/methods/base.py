@@ -41,6 +41,10 @@ class Method(nn.Module):
     name: str = "method"
     #: True for hashing methods: the test report adds Hamming-space retrieval on ``codes``.
     hashing: bool = False
+    #: Extra P@k / R@k cut-offs of the method's paper for the test report, beside the defaults
+    #: (``dmlrs.metrics.retrieval.DEFAULT_KS``); like those, only k below the number of items a
+    #: query ranks are reported (:func:`dmlrs.metrics.retrieval.default_ks`).
+    report_ks: tuple[int, ...] = ()
 
     def training_step(self, batch: dict) -> dict[str, torch.Tensor]:
         """Losses of one batch. ``"loss"`` is the total that is back-propagated; the other entries

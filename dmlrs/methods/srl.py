@@ -25,6 +25,8 @@ class SRL(Method):
     name = "SRL"
     #: what a loss replacing SRL may name in its constructor (dmlrs/losses/choice.py)
     LOSS_CONTEXT = ("num_classes", "dim", "embedding_size")
+    #: the paper's R@k: k = 25/40/50/100 on UCMD, 100/130/160/180 on PatternNet (50, 100 are defaults)
+    report_ks = (25, 40, 100, 130, 160, 180)
 
     def __init__(self, model: EmbeddingModel, *, classes_per_batch: int = 8, images_per_class: int = 4,
                  alpha: float = 1.2, margin: float = 0.4, temperature: float = 10.0,

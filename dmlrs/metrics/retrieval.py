@@ -86,10 +86,12 @@ def check_positive_int(value, name: str) -> int:
     return value
 
 
-def default_ks(num_ranked: int, ks: Sequence[int] = DEFAULT_KS) -> tuple[int, ...]:
-    """The cut-offs of ``ks`` below ``num_ranked``, the number of gallery items a query ranks (G,
-    or Q - 1 in leave-one-out mode): P@k and R@k for k >= num_ranked mean nothing about the ranking."""
-    return tuple(k for k in ks if k < num_ranked)
+def default_ks(num_ranked: int, ks: Sequence[int] = DEFAULT_KS, extra: Sequence[int] = ()) -> tuple[int, ...]:
+    """The cut-offs of ``ks`` and ``extra`` below ``num_ranked``, the number of gallery items a query
+    ranks (G, or Q - 1 in leave-one-out mode), sorted, without repeats: P@k and R@k for
+    k >= num_ranked mean nothing about the ranking.  ``extra``: a paper's own cut-offs (e.g. a
+    method's ``report_ks``) reported beside the defaults."""
+    return tuple(sorted({k for k in (*ks, *check_ks(extra, "extra")) if k < num_ranked}))
 
 
 def check_ks(ks: Sequence[int], name: str = "ks") -> tuple[int, ...]:
