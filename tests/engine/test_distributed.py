@@ -39,6 +39,7 @@ import torch
 from dmlrs.engine import distributed
 from dmlrs.engine.checkpoint import load_checkpoint
 from dmlrs.engine.loaders import EveryNth, RankSlices, ShuffledBatches
+from dmlrs.engine.run_log import _flatten as flat  # nested report -> "retrieval/mAP" keys, as the logs write them
 from dmlrs.errors import DmlrsError
 from tests.engine.scripts import REPO, only_run_dir, read_json, run_script
 
@@ -70,13 +71,6 @@ def torchrun(target: str, args: list[str], **env) -> subprocess.CompletedProcess
 def output(proc: subprocess.CompletedProcess) -> str:
     return f"exit {proc.returncode}\nstdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}"
 
-
-def flat(report: dict, prefix: str = ""):
-    for key, value in report.items():
-        if isinstance(value, dict):
-            yield from flat(value, f"{prefix}{key}/")
-        else:
-            yield f"{prefix}{key}", value
 
 
 def epochs(run_dir) -> list[dict]:
