@@ -154,14 +154,16 @@ def bench_retrieval(n, query_subset, reference_subset, device):
     q_ours = n if query_subset is None else min(query_subset, n)
     q_ref = n if reference_subset is None else min(reference_subset, n)
     retrieval_metrics(query[:64], query_labels[:64], gallery[:512], gallery_labels[:512], device=device)  # warm-up
+    # ks given: every k of the reference and the memory bound, also those above a quick run's gallery
     ours, ours_s, peak = measure(lambda: retrieval_metrics(query[:q_ours], query_labels[:q_ours], gallery,
-                                                           gallery_labels, device=device), device)
+                                                           gallery_labels, ks=DEFAULT_KS, device=device), device)
     reference, reference_s = timed(lambda: reference_retrieval(query[:q_ref], query_labels[:q_ref], gallery,
                                                               gallery_labels), device)
     if q_ours == q_ref:
         check = ours
     else:  # compare on the reference's queries
-        check = retrieval_metrics(query[:q_ref], query_labels[:q_ref], gallery, gallery_labels, device=device)
+        check = retrieval_metrics(query[:q_ref], query_labels[:q_ref], gallery, gallery_labels, ks=DEFAULT_KS,
+                                  device=device)
     ours_full = ours_s * n / q_ours
     reference_full = reference_s * n / q_ref
     bound = retrieval_bound(q_ours, n, DIM, CHUNK, most_relevant(query_labels, gallery_labels))

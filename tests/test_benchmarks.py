@@ -134,7 +134,8 @@ def test_metric_references_agree_with_dmlrs_on_ties_and_imbalance():
     query = torch.randint(-1, 2, (70, 4), generator=generator).float() + 0.01
     gallery_labels = torch.randint(0, 5, (300,), generator=generator)
     query_labels = torch.randint(0, 5, (70,), generator=generator)
-    ours = bench_metrics.retrieval_metrics(query, query_labels, gallery, gallery_labels, chunk_size=16)
+    ours = bench_metrics.retrieval_metrics(query, query_labels, gallery, gallery_labels, ks=bench_metrics.DEFAULT_KS,
+                                           chunk_size=16)  # every k of the reference, also k >= the gallery
     reference = bench_metrics.reference_retrieval(query, query_labels, gallery, gallery_labels, chunk_size=16)
     assert bench_metrics.max_difference(ours, reference) < 1e-12
     x, y = bench_metrics.make_data(500, dim=16, classes=5, noise=1.0)
