@@ -149,3 +149,12 @@ def test_a_real_row_end_to_end_then_skipped(tmp_path, capsys, monkeypatch):
     assert main(argv) == 0
     assert "already finished" in capsys.readouterr().out
     assert len(list(out.glob("snca_ce/demo_softmax/SNCA_CE/demo/*/config.json"))) == 1
+
+
+def test_missing_data_folder_is_refused_for_a_run_but_not_for_a_dry_run(tmp_path, capsys):
+    missing = str(tmp_path / "elsewhere")  # e.g. the cluster's data path, printed here
+    assert main(["cdne", "--rows", "nwpu_mb_32", "--dry-run", "--data", missing]) == 0
+    assert f"--data {missing}" in capsys.readouterr().out
+    assert main(["cdne", "--rows", "nwpu_mb_32", "--data", missing, "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.strip() == (f"error: --data {missing}: folder not found "
+                                               "(--dry-run prints the commands anyway)")

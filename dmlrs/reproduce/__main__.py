@@ -54,8 +54,9 @@ def main(argv=None) -> int:
         for row in chosen:
             if not row.script_path().is_file():
                 raise DmlrsError(f"{row.path}: its script {row.script} does not exist")
-        if args.data is not None and not Path(args.data).is_dir():
-            raise DmlrsError(f"--data {args.data}: folder not found")
+        # a dry run may print the commands for another machine's data folder
+        if args.data is not None and not args.dry_run and not Path(args.data).is_dir():
+            raise DmlrsError(f"--data {args.data}: folder not found (--dry-run prints the commands anyway)")
     except DmlrsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
