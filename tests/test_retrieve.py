@@ -572,3 +572,18 @@ def test_a_file_that_is_not_a_training_checkpoint_gets_advice_for_the_search(che
     line = _one_error_line(capsys)
     assert line == (f"error: {foreign} is not a dmlrs training checkpoint (no 'method'/'epoch' entries); "
                     "pass a checkpoints/best.pt or last.pt written by a train_*/main.py script.")
+
+
+def test_linked_folders_are_followed_once_and_a_link_loop_ends(tmp_path):
+    from dmlrs.retrieve.archive import list_archive
+
+    real = tmp_path / "real" / "forest"
+    real.mkdir(parents=True)
+    for n in range(2):
+        Image.new("RGB", (8, 8), (n, 0, 0)).save(real / f"f{n}.png")
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    (archive / "forest").symlink_to(real, target_is_directory=True)  # an archive assembled from links
+    (real / "loop").symlink_to(archive, target_is_directory=True)  # and a link back up
+    Image.new("RGB", (8, 8)).save(archive / "top.png")
+    assert [f.relpath for f in list_archive(archive)] == ["forest/f0.png", "forest/f1.png", "top.png"]

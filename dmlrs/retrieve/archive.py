@@ -2,8 +2,8 @@
 
 An archive is any folder tree; its images are the files whose extension is one of
 ``dmlrs.data.scan.IMAGE_EXTENSIONS`` (jpg, jpeg, png, tif, tiff, bmp, webp; any case). Hidden
-files and folders (names starting with ``.``) are left out, symbolic links to folders are not
-followed, and a folder given as ``exclude`` (the output folder, when it lies inside the archive)
+files and folders (names starting with ``.``) are left out, symbolic links to folders are
+followed (each real folder once, so a link back to a parent cannot loop), and a folder given as ``exclude`` (the output folder, when it lies inside the archive)
 is skipped. Each image is known by its path relative to the archive root (POSIX separators),
 its size and its modification time in nanoseconds; the archive's order is the sorted relative
 paths (rankings break ties by it).
@@ -39,10 +39,17 @@ def list_archive(root: str | Path, *, exclude: str | Path | None = None) -> list
     if not root.is_dir():
         raise DmlrsError(f"--archive {root} is a file, not a folder; pass the folder that holds the images")
     excluded = None if exclude is None else Path(exclude).resolve()
-    found = []
-    for folder, subfolders, names in os.walk(root):
-        subfolders[:] = sorted(d for d in subfolders if not d.startswith(".")
-                               and (excluded is None or (Path(folder) / d).resolve() != excluded))
+    found, seen = [], {root.resolve()}
+    # symlinked folders are followed (archives are often assembled from links), each real folder once
+    for folder, subfolders, names in os.walk(root, followlinks=True):
+        kept = []
+        for name in sorted(subfolders):
+            real = (Path(folder) / name).resolve()
+            if name.startswith(".") or real == excluded or real in seen:
+                continue
+            seen.add(real)
+            kept.append(name)
+        subfolders[:] = kept
         for name in names:
             if name.startswith(".") or Path(name).suffix.lower() not in IMAGE_EXTENSIONS:
                 continue
