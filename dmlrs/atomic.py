@@ -35,7 +35,7 @@ def atomic_open(path: str | Path, mode: str = "wb", encoding: str | None = None)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
-    _fsync_directory(path.parent)
+    fsync_directory(path.parent)
 
 
 def remove_stale_temporaries(folder: str | Path, names: tuple[str, ...]) -> list[Path]:
@@ -57,7 +57,7 @@ def _current_umask() -> int:
     return mask
 
 
-def _fsync_directory(folder: Path) -> None:
+def fsync_directory(folder: Path) -> None:
     """Make the rename itself durable (skipped where directories cannot be opened)."""
     try:
         fd = os.open(folder, os.O_RDONLY)

@@ -59,6 +59,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from dmlrs.atomic import fsync_directory
 from dmlrs.data.images import PIL_READ_ERRORS, UnreadableImageError, describe_read_error
 from dmlrs.data.verify import PARALLEL_MIN_FILES, available_cores, cache_dir
 from dmlrs.errors import DmlrsError
@@ -425,7 +426,7 @@ def _build(source, size, resize, keys, stats, missing, target, workers, progress
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
-    _fsync_directory(folder)
+    fsync_directory(folder)
     for path in earlier_files:  # stale: another file list of the same dataset and size
         if path != target:
             path.unlink(missing_ok=True)
@@ -434,19 +435,6 @@ def _build(source, size, resize, keys, stats, missing, target, workers, progress
     report = CacheReport(target, built=True, decoded=decoded, reused=reused, seconds=time.perf_counter() - start,
                          bad={keys[row]: reason for row, reason in reasons.items()})
     return loader, report
-
-
-def _fsync_directory(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # --------------------------------------------------------------------------- sources
