@@ -15,10 +15,13 @@ does for the first step of each epoch.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from dmlrs.losses import LossChoice
 
 
 @dataclass
@@ -93,3 +96,24 @@ class Method(nn.Module):
     def batch_sampler(self, labels: torch.Tensor, batch_size: int, seed: int):
         """A batch sampler for the training split, or None for plain shuffled batches."""
         return None
+
+
+class ReplaceableMetricTerm:
+    """Mixin of the methods whose metric-learning term ``--loss`` may replace (SNCA-CE, SRL).
+
+    The paper's own term keeps its attribute (and so its checkpoint keys, e.g. ``snca.``); a
+    replacement is stored as ``metric_loss``. ``term`` is the term's key among the logged loss
+    parts (``pml:X`` -> ``pml_X``)."""
+
+    REPLACEMENT = "metric_loss"
+
+    def set_metric_term(self, choice: "LossChoice", context: dict, *, paper_term: str) -> None:
+        """Build ``choice`` with the ``context`` values its constructor names and attach it."""
+        self.term = choice.part_name
+        self._metric_term_attribute = paper_term if self.term == paper_term else self.REPLACEMENT
+        setattr(self, self._metric_term_attribute, choice.build(context, where=self.name))
+
+    @property
+    def metric_term(self) -> nn.Module:
+        """The metric-learning term: the paper's, or the loss that replaced it."""
+        return getattr(self, self._metric_term_attribute)

@@ -25,14 +25,14 @@ import torch.nn.functional as F
 from dmlrs.engine.distributed import gather_batch, gather_with_grad
 from dmlrs.losses import LossChoice
 from dmlrs.memory import MemoryBank
-from dmlrs.methods.base import EpochContext, Method
+from dmlrs.methods.base import EpochContext, Method, ReplaceableMetricTerm
 from dmlrs.methods.memory_writer import MemoryWriter
 from dmlrs.models import EmbeddingModel
 
 MOMENTUM_SCHEDULE = {80: 0.8, 120: 0.9}
 
 
-class SNCACE(Method):
+class SNCACE(ReplaceableMetricTerm, Method):
     name = "SNCA_CE"
     #: what a loss replacing the SNCA term may name in its constructor (dmlrs/losses/choice.py)
     LOSS_CONTEXT = ("memory", "memory_labels", "num_samples", "num_classes", "dim", "embedding_size")
@@ -53,15 +53,7 @@ class SNCACE(Method):
         context = {"memory": memory, "memory_labels": train_labels, "num_samples": len(train_labels),
                    "num_classes": num_classes or int(torch.as_tensor(train_labels).max()) + 1,
                    "dim": model.dim, "embedding_size": model.dim}
-        self.term = loss.part_name  # its key among the logged loss parts
-        term = loss.build(context, where=self.name)
-        # the paper's term keeps its checkpoint name ("snca."); a replacement is "metric_loss."
-        setattr(self, "snca" if self.term == "snca" else "metric_loss", term)
-
-    @property
-    def metric_term(self) -> torch.nn.Module:
-        """The metric-learning term: SNCA, or the loss that replaced it."""
-        return self.snca if self.term == "snca" else self.metric_loss
+        self.set_metric_term(loss, context, paper_term="snca")
 
     def training_step(self, batch: dict) -> dict[str, torch.Tensor]:
         images, labels, indices = batch["image"], batch["label"], batch["index"]

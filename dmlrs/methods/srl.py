@@ -17,11 +17,11 @@ import torch
 from dmlrs.data.samplers import ClassBalancedBatchSampler
 from dmlrs.engine.distributed import gather_batch, gather_with_grad
 from dmlrs.losses import LossChoice
-from dmlrs.methods.base import Method
+from dmlrs.methods.base import Method, ReplaceableMetricTerm
 from dmlrs.models import EmbeddingModel
 
 
-class SRL(Method):
+class SRL(ReplaceableMetricTerm, Method):
     name = "SRL"
     #: what a loss replacing SRL may name in its constructor (dmlrs/losses/choice.py)
     LOSS_CONTEXT = ("num_classes", "dim", "embedding_size")
@@ -40,15 +40,7 @@ class SRL(Method):
         context = {"dim": model.dim, "embedding_size": model.dim}
         if num_classes is not None:
             context["num_classes"] = num_classes
-        self.term = loss.part_name  # its key among the logged loss parts (SRL logs its own parts)
-        term = loss.build(context, where=self.name)
-        # the paper's loss keeps its checkpoint name ("srl."); a replacement is "metric_loss."
-        setattr(self, "srl" if self.term == "srl" else "metric_loss", term)
-
-    @property
-    def metric_term(self) -> torch.nn.Module:
-        """The loss: SRL, or the one that replaced it."""
-        return self.srl if self.term == "srl" else self.metric_loss
+        self.set_metric_term(loss, context, paper_term="srl")  # SRL logs its own parts
 
     def training_step(self, batch: dict) -> dict[str, torch.Tensor]:
         # the loss couples the whole C x K batch: under torchrun it sees the gathered global batch
