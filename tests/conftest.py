@@ -1,7 +1,10 @@
 """Suite-wide settings: CPU only, one thread per test process, no network, and a private dmlrs
 cache (decoded images, verification results) instead of the user's ~/.cache/dmlrs."""
 import os
+import shutil
 import tempfile
+
+import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 _CACHE = tempfile.TemporaryDirectory(prefix="dmlrs-test-cache-")
@@ -10,11 +13,6 @@ os.environ["DMLRS_CACHE"] = _CACHE.name  # inherited by the scripts' subprocesse
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
-
-
-import shutil  # noqa: E402
-
-import pytest  # noqa: E402
 
 
 @pytest.fixture(autouse=True, scope="module")
