@@ -320,15 +320,21 @@ def test_log_reads_ride_on_the_step_sync(labelled, tmp_path, monkeypatch):
     assert counts[0] == counts[1] == EPOCHS * STEPS, counts
 
 
+def recording_trainer(method, data, tmp_path, *, steps, log_every, progress):
+    """A one-epoch CPU ``Trainer`` whose ``_step`` also appends each step's loss parts to ``parts``."""
+    config = TrainConfig(epochs=1, batch_size=BATCH, steps_per_epoch=steps, lr=0.01, device="cpu", num_workers=0,
+                         save_every_steps=0, log_every=log_every, progress=progress)
+    trainer = Trainer(method, data, config, tmp_path / "run", tensorboard=False)
+    parts, real_step = [], trainer._step
+    trainer._step = lambda batch: parts.append(real_step(batch)) or parts[-1]
+    return trainer, parts
+
+
 # ---------------------------------------------------------------- what the reads show
 def test_epoch_means_are_the_python_means_of_the_step_parts(labelled, tmp_path, monkeypatch):
     """The device sums (float64) give exactly the means Python floats give: metrics.jsonl is unchanged."""
-    method = BUILDERS["tRNSL"](labelled)
-    config = TrainConfig(epochs=1, batch_size=BATCH, steps_per_epoch=5, lr=0.01, device="cpu", num_workers=0,
-                         save_every_steps=0, log_every=2, progress=False)
-    trainer = Trainer(method, labelled, config, tmp_path / "run", tensorboard=False)
-    parts, real_step = [], trainer._step
-    trainer._step = lambda batch: parts.append(real_step(batch)) or parts[-1]
+    trainer, parts = recording_trainer(BUILDERS["tRNSL"](labelled), labelled, tmp_path, steps=5, log_every=2,
+                                       progress=False)
     record = trainer._train_epoch()
     assert len(parts) == 5 and all(torch.is_tensor(v) and v.dim() == 0 for p in parts for v in p.values())
     sums: dict[str, float] = {}
@@ -357,12 +363,8 @@ def test_progress_bar_shows_the_means_since_the_previous_read(labelled, tmp_path
             pass
 
     monkeypatch.setattr(trainer_module, "tqdm", Bar)
-    method = BUILDERS["SRL"](labelled)
-    config = TrainConfig(epochs=1, batch_size=BATCH, steps_per_epoch=6, lr=0.01, device="cpu", num_workers=0,
-                         save_every_steps=0, log_every=3, progress=True)
-    trainer = Trainer(method, labelled, config, tmp_path / "run", tensorboard=False)
-    parts, real_step = [], trainer._step
-    trainer._step = lambda batch: parts.append(real_step(batch)) or parts[-1]
+    trainer, parts = recording_trainer(BUILDERS["SRL"](labelled), labelled, tmp_path, steps=6, log_every=3,
+                                       progress=True)
     trainer._train_epoch()
     assert len(shown) == 2  # steps 3 and 6
     for window, values in zip((parts[:3], parts[3:]), shown):
@@ -373,12 +375,8 @@ def test_progress_bar_shows_the_means_since_the_previous_read(labelled, tmp_path
 
 
 def test_a_mid_epoch_checkpoint_holds_exact_float_sums(labelled, tmp_path):
-    method = BUILDERS["SRL"](labelled)
-    config = TrainConfig(epochs=1, batch_size=BATCH, steps_per_epoch=3, lr=0.01, device="cpu", num_workers=0,
-                         save_every_steps=0, log_every=100, progress=False)
-    trainer = Trainer(method, labelled, config, tmp_path / "run", tensorboard=False)
-    parts, real_step = [], trainer._step
-    trainer._step = lambda batch: parts.append(real_step(batch)) or parts[-1]
+    trainer, parts = recording_trainer(BUILDERS["SRL"](labelled), labelled, tmp_path, steps=3, log_every=100,
+                                       progress=False)
     original = trainer._step
 
     def step(batch):  # stop after two steps, as a signal would
