@@ -146,6 +146,19 @@ def max_difference(ours: dict, reference: dict) -> float:
     return max(abs(ours[name] - value) for name, value in reference.items())
 
 
+def scaled_times(n, sizes, ratio_means, ours, reference) -> dict:
+    """The entry's times, each scaled to ``n`` items from the ``(seconds, items timed, what an item
+    is)`` of ``ours`` and of ``reference``; a side timed on fewer than n items says so in ``sizes``."""
+    scaled, notes = {}, []
+    for who, key, (seconds, timed_on, unit) in (("ours", "dmlrs_s", ours), ("reference", "reference_s", reference)):
+        scaled[key] = seconds * n / timed_on
+        if timed_on < n:
+            notes.append(f"{who} timed on {timed_on} {unit}, extrapolated x{n / timed_on:.1f}")
+    return {**scaled, "ratio": scaled["reference_s"] / scaled["dmlrs_s"],
+            "sizes": sizes + ("; " + "; ".join(notes) if notes else ""), "ratio_means": ratio_means,
+            "extrapolated": bool(notes)}
+
+
 def bench_retrieval(n, query_subset, reference_subset, device):
     """ours on ``query_subset`` (None: all n) queries x n gallery, reference on ``reference_subset``."""
     gallery, gallery_labels = make_data(n, seed=1)
@@ -164,22 +177,13 @@ def bench_retrieval(n, query_subset, reference_subset, device):
     else:  # compare on the reference's queries
         check = retrieval_metrics(query[:q_ref], query_labels[:q_ref], gallery, gallery_labels, ks=DEFAULT_KS,
                                   device=device)
-    ours_full = ours_s * n / q_ours
-    reference_full = reference_s * n / q_ref
     bound = retrieval_bound(q_ours, n, DIM, CHUNK, most_relevant(query_labels, gallery_labels))
-    notes = []
-    if q_ours < n:
-        notes.append(f"ours timed on {q_ours} queries x {n} gallery, extrapolated x{n / q_ours:.1f}")
-    if q_ref < n:
-        notes.append(f"reference timed on {q_ref} queries, extrapolated x{n / q_ref:.1f}")
     return {
-        "dmlrs_s": ours_full, "reference_s": reference_full, "ratio": reference_full / ours_full,
+        **scaled_times(n, f"{n} queries x {n} gallery, d={DIM}, {CLASSES} classes, chunk {CHUNK}",
+                       "full-argsort reference time / dmlrs time",
+                       ours=(ours_s, q_ours, f"queries x {n} gallery"), reference=(reference_s, q_ref, "queries")),
         "mAP": ours["mAP"], "max_abs_diff": max_difference(check, reference),
         "peak_extra_mib": mib(peak), "bound_mib": mib(bound),
-        "sizes": f"{n} queries x {n} gallery, d={DIM}, {CLASSES} classes, chunk {CHUNK}"
-                 + ("; " + "; ".join(notes) if notes else ""),
-        "ratio_means": "full-argsort reference time / dmlrs time",
-        "extrapolated": bool(notes),
     }
 
 
@@ -195,18 +199,11 @@ def bench_knn(n, test_subset, reference_subset, device):
     reference, reference_s = timed(lambda: reference_knn(train, train_labels, test[:m_ref]), device)
     m = min(m_ours, m_ref)
     agree = float((ours[:m] == reference[:m]).double().mean())
-    ours_full, reference_full = ours_s * n / m_ours, reference_s * n / m_ref
-    notes = []
-    if m_ours < n:
-        notes.append(f"ours timed on {m_ours} test points, extrapolated x{n / m_ours:.1f}")
-    if m_ref < n:
-        notes.append(f"reference timed on {m_ref} test points, extrapolated x{n / m_ref:.1f}")
     return {
-        "dmlrs_s": ours_full, "reference_s": reference_full, "ratio": reference_full / ours_full,
+        **scaled_times(n, f"{n} test x {n} train, d={DIM}, k={KNN_K}, chunk {CHUNK}",
+                       "full-argsort kNN time / dmlrs time",
+                       ours=(ours_s, m_ours, "test points"), reference=(reference_s, m_ref, "test points")),
         "agreement": agree, "peak_extra_mib": mib(peak), "bound_mib": mib(knn_bound(m_ours, n, DIM, CHUNK)),
-        "sizes": f"{n} test x {n} train, d={DIM}, k={KNN_K}, chunk {CHUNK}" + ("; " + "; ".join(notes) if notes else ""),
-        "ratio_means": "full-argsort kNN time / dmlrs time",
-        "extrapolated": bool(notes),
     }
 
 
